@@ -1,0 +1,200 @@
+"""Dataset contract and the folder layouts c4s reads.
+
+A dataset is a sequence of :class:`Sample`. Folder datasets index file names at
+construction (cheap, and mismatches are reported at once) and decode images on
+access, so one corrupt file is reported by name when it is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from ..config import ComponentConfig
+from ..errors import DataError, ImageReadError
+from .io import list_images, load_image
+
+Modality = Literal["photo", "sketch"]
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # uint8 H x W x 3, RGB
+    identity: str
+    modality: Modality
+    style: str | None = None
+    path: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """A sample's label without its pixels."""
+
+    path: str
+    identity: str
+    modality: Modality
+    style: str | None = None
+
+
+class Dataset:
+    """Base: subclasses fill ``self.refs`` or override ``__getitem__``."""
+
+    name = "base"
+    refs: list[SampleRef]
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> Sample:
+        r = self.refs[i]
+        return Sample(load_image(r.path), r.identity, r.modality, r.style, r.path)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def identities(self) -> list[str]:
+        return sorted({r.identity for r in self.refs})
+
+
+@dataclass
+class LoadReport:
+    loaded: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def summary(self) -> str:
+        s = f"{self.loaded} images loaded"
+        if self.skipped:
+            s += f", {len(self.skipped)} skipped (unreadable)"
+        return s
+
+
+def load_samples(
+    ds: Dataset, on_error: Literal["raise", "skip"] = "raise", indices: Sequence[int] | None = None
+) -> tuple[list[Sample], LoadReport]:
+    """Decode samples; with ``on_error="skip"``, unreadable files are reported
+    in the :class:`LoadReport` instead of stopping the run."""
+    out, rep = [], LoadReport()
+    for i in range(len(ds)) if indices is None else indices:
+        try:
+            out.append(ds[i])
+            rep.loaded += 1
+        except ImageReadError as err:
+            if on_error == "raise":
+                raise
+            refs = getattr(ds, "refs", None)
+            rep.skipped.append((refs[i].path if refs else str(i), str(err)))
+    return out, rep
+
+
+class PairedFolderConfig(ComponentConfig):
+    root: Path = Field(description="Folder holding photos/ and sketches/ with matching file stems.")
+    photos: str = Field("photos", description="Sub-folder of photos.")
+    sketches: str = Field("sketches", description="Sub-folder of sketches.")
+    on_unpaired: Literal["error", "skip"] = Field(
+        "error", description="A photo without a sketch (or the reverse): stop, or leave it out."
+    )
+    style: str | None = Field(None, description="Style label given to every sketch.")
+
+
+class PairedFolderDataset(Dataset):
+    """Photo/sketch pairs: ``ROOT/photos/NAME.*`` with ``ROOT/sketches/NAME.*``; one identity per NAME."""
+
+    name = "paired_folder"
+    Config = PairedFolderConfig
+
+    def __init__(self, config: PairedFolderConfig):
+        self.config = config
+        pdir, sdir = config.root / config.photos, config.root / config.sketches
+        for d in (pdir, sdir):
+            if not d.is_dir():
+                raise DataError(f"{d}: folder not found (paired_folder expects {config.root}/{{{config.photos},{config.sketches}}}/)")
+        photos = _by_stem(list_images(pdir), pdir)
+        sketches = _by_stem(list_images(sdir), sdir)
+        if not photos and not sketches:
+            raise DataError(f"{config.root}: no images in {pdir} or {sdir}")
+        only_p, only_s = sorted(set(photos) - set(sketches)), sorted(set(sketches) - set(photos))
+        self.unpaired = [str(photos[n]) for n in only_p] + [str(sketches[n]) for n in only_s]
+        if self.unpaired and config.on_unpaired == "error":
+            raise DataError(
+                f"{config.root}: {len(only_p)} photo(s) without a sketch and {len(only_s)} sketch(es) "
+                f"without a photo, e.g. {_examples(only_p, only_s)}. Names must match "
+                "(set on_unpaired=skip to leave them out)"
+            )
+        names = sorted(set(photos) & set(sketches))
+        self.refs = []
+        for n in names:
+            self.refs.append(SampleRef(str(photos[n]), n, "photo"))
+            self.refs.append(SampleRef(str(sketches[n]), n, "sketch", config.style))
+
+
+class IdentityFolderConfig(ComponentConfig):
+    root: Path = Field(description="Folder of identity sub-folders: ROOT/IDENTITY/*.png.")
+    modality: Literal["photo", "sketch"] = Field("photo", description="Modality of every image.")
+    style: str | None = Field(None, description="Style label (sketches).")
+    min_images: int = Field(1, ge=1, description="Leave out identities with fewer images.")
+
+
+class IdentityFolderDataset(Dataset):
+    """One folder per identity: ``ROOT/IDENTITY/*.{png,jpg,...}``."""
+
+    name = "identity_folder"
+    Config = IdentityFolderConfig
+
+    def __init__(self, config: IdentityFolderConfig):
+        self.config = config
+        if not config.root.is_dir():
+            raise DataError(f"{config.root}: folder not found")
+        self.refs = []
+        for d in sorted(p for p in config.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            files = list_images(d)
+            if len(files) >= config.min_images:
+                self.refs += [SampleRef(str(f), d.name, config.modality, config.style) for f in files]
+        if not self.refs:
+            raise DataError(f"{config.root}: no identity folders with images (expected ROOT/IDENTITY/*.png)")
+
+
+class ImageFolderConfig(ComponentConfig):
+    root: Path = Field(description="Flat folder of images; each file is one identity (its stem).")
+    modality: Literal["photo", "sketch"] = Field("photo", description="Modality of every image.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N files (sorted by name).")
+
+    @field_validator("root")
+    @classmethod
+    def _exists(cls, v: Path) -> Path:
+        return v
+
+
+class ImageFolderDataset(Dataset):
+    """A flat folder of images, one identity per file: galleries and distractors."""
+
+    name = "image_folder"
+    Config = ImageFolderConfig
+
+    def __init__(self, config: ImageFolderConfig):
+        self.config = config
+        files = list_images(config.root)
+        if config.limit:
+            files = files[: config.limit]
+        if not files:
+            raise DataError(f"{config.root}: no images")
+        self.refs = [SampleRef(str(f), f.stem, config.modality) for f in files]
+
+
+def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for f in files:
+        if f.stem in out:
+            raise DataError(f"{folder}: two files share the name {f.stem!r}: {out[f.stem].name}, {f.name}")
+        out[f.stem] = f
+    return out
+
+
+def _examples(only_p: list[str], only_s: list[str]) -> str:
+    ex = [f"photos/{n}" for n in only_p[:3]] + [f"sketches/{n}" for n in only_s[:3]]
+    return ", ".join(ex)

@@ -1,0 +1,124 @@
+"""Every c4s hook, documented: the one contract for plugin authors.
+
+A plugin is a module (or object) with functions decorated ``@c4s_core.hookimpl``
+and named after a spec below. Each ``register_<kind>s`` hook is called once,
+after plugins load, with a ``register`` callable::
+
+    @c4s_core.hookimpl
+    def register_sketch_styles(register):
+        register(Pencil)                       # name/description/Config from the class
+        register(Charcoal, aliases=("coal",))
+
+``register(cls, name=None, aliases=(), description=None)`` records ``cls`` in the
+registry of that kind, with the plugin that registered it as its origin. The
+class must carry ``name`` (unless given), a one-line ``description`` (or a
+docstring) and a nested pydantic ``Config`` deriving from
+:class:`c4s_core.config.ComponentConfig` (unknown keys are rejected). Pipelines
+build a component as ``cls(config)`` with a validated ``Config`` instance.
+Names are unique per kind across all plugins; a collision is an error that names
+both origins. All ``register_*`` hooks return nothing; every implementation runs.
+
+Hooks may gain parameters; an implementation may accept any subset of them.
+Keep plugin modules light at import: import torch and friends inside functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("c4s")
+hookimpl = pluggy.HookimplMarker("c4s")
+
+Register = Callable[..., Any]
+
+# -- generation: what the diffusion model is conditioned on and sampled with ---
+
+
+@hookspec
+def register_conditioners(register: Register) -> None:
+    """Register conditioners: frozen encoders that turn photos and style
+    prompts into cross-attention tokens.
+
+    Contract: ``encode(photos, styles) -> tensor [B, num_tokens, dim]`` plus the
+    attributes ``dim`` and ``num_tokens``. Examples: open_clip image tower,
+    open_clip text tower on the style prompt, an AdaFace/IR identity embedding.
+    """
+
+
+@hookspec
+def register_samplers(register: Register) -> None:
+    """Register samplers: thin wrappers over diffusers schedulers.
+
+    Contract: ``make_scheduler(num_train_timesteps) -> diffusers scheduler``
+    (``set_timesteps``, ``step``, ``scale_model_input``, ``add_noise``,
+    ``init_noise_sigma``, ``order``) and a ``steps`` option in ``Config``.
+    """
+
+
+@hookspec
+def register_sketch_styles(register: Register) -> None:
+    """Register sketch styles: a name, text ``prompts`` describing the style,
+    and optionally a procedural ``render(photo: uint8 HxWx3) -> uint8 HxWx3``
+    (``renders = True``) used as a no-training baseline.
+    """
+
+
+@hookspec
+def register_generators(register: Register) -> None:
+    """Register generator families (diffusion, GAN, procedural): ``fit(...)``
+    trains one from paired data, ``sample(photos, styles, ...)`` draws sketches.
+    """
+
+
+# -- recognition: the sketch-to-mugshot matcher ---------------------------------
+
+
+@hookspec
+def register_backbones(register: Register) -> None:
+    """Register recogniser backbones: image -> embedding.
+
+    Contract: attributes ``input_size`` (H, W), ``embedding_dim``,
+    ``color_order`` ("RGB" or "BGR") and ``embed(images: list[uint8 HxWx3 RGB])
+    -> float32 [B, embedding_dim]`` (L2-normalised). Trainable ones are also
+    ``torch.nn.Module`` with ``forward(x: float [B, 3, H, W])``.
+    """
+
+
+@hookspec
+def register_heads(register: Register) -> None:
+    """Register margin heads (AdaFace, ArcFace, CosFace, softmax): modules
+    mapping ``(embeddings, labels)`` to logits over class centres.
+    """
+
+
+# -- data -----------------------------------------------------------------------
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register datasets: ``len(ds)`` and ``ds[i] -> c4s_core.data.Sample``
+    (image uint8 HxWx3 RGB, identity, modality "photo"|"sketch", style).
+    """
+
+
+@hookspec
+def register_aligners(register: Register) -> None:
+    """Register face aligners: ``align(images) -> list[AlignResult]`` mapping
+    each image to a crop at a 5-point template (default ArcFace 112x112), with
+    landmarks, face box, detection score and a status ("ok", "fallback",
+    "skipped") set by the aligner's ``on_no_face`` policy.
+    """
+
+
+# -- command line ---------------------------------------------------------------
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add click commands to the ``c4s`` root group: ``@cli.command()``.
+
+    Called once, when the CLI starts, after plugins load. Keep the imports of
+    heavy libraries inside the command functions so ``c4s --help`` stays fast.
+    """
