@@ -7,10 +7,10 @@ Pipeline configs load from YAML or TOML plus ``key.sub=value`` overrides.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
@@ -118,9 +118,15 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``extra`` over ``base``; a component section naming another
+    component (a different ``name``) replaces the default rather than merging,
+    so one component's options never leak into another's."""
     out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        old = out.get(k)
+        if isinstance(v, dict) and isinstance(old, dict) and not (
+            "name" in v and "name" in old and v["name"] != old["name"]
+        ):
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
@@ -131,10 +137,13 @@ def load_config(
     model: type[M], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> M:
     """Defaults <- file <- overrides, validated by ``model``; errors name the field."""
-    data: dict[str, Any] = {}
+    try:  # defaults first, so a file or --set need only name what changes
+        data: dict[str, Any] = json.loads(model().model_dump_json())
+    except ValidationError:  # the model has required fields
+        data = {}
     where = model.__name__
     if path is not None:
-        data = read_config_file(path)
+        data = deep_merge(data, read_config_file(path))
         where = f"config {path}"
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))

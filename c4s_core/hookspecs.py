@@ -24,7 +24,8 @@ Keep plugin modules light at import: import torch and friends inside functions.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -1,7 +1,12 @@
 """Built-in dataset plugins: the folder layouts of the data layer."""
 
 from c4s_core import hookimpl
-from c4s_core.data.datasets import IdentityFolderDataset, ImageFolderDataset, PairedFolderDataset
+from c4s_core.data.datasets import (
+    IdentityFolderDataset,
+    ImageFolderDataset,
+    ManifestDataset,
+    PairedFolderDataset,
+)
 
 
 @hookimpl
@@ -9,3 +14,4 @@ def register_datasets(register):
     register(PairedFolderDataset, aliases=("cufs",))
     register(IdentityFolderDataset)
     register(ImageFolderDataset)
+    register(ManifestDataset)

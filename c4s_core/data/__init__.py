@@ -5,6 +5,7 @@ from .datasets import (
     IdentityFolderDataset,
     ImageFolderDataset,
     LoadReport,
+    ManifestDataset,
     PairedFolderDataset,
     Sample,
     SampleRef,
@@ -14,7 +15,7 @@ from .io import array_hash, file_hash, list_images, load_image, resize, save_ima
 from .manifest import append_manifest, iter_manifest, read_manifest, write_manifest
 
 __all__ = [
-    "Dataset", "IdentityFolderDataset", "ImageFolderDataset", "LoadReport", "PairedFolderDataset",
+    "Dataset", "IdentityFolderDataset", "ImageFolderDataset", "LoadReport", "ManifestDataset", "PairedFolderDataset",
     "Sample", "SampleRef", "load_samples", "array_hash", "file_hash", "list_images", "load_image",
     "resize", "save_image", "append_manifest", "iter_manifest", "read_manifest", "write_manifest",
 ]

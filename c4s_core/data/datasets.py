@@ -7,9 +7,10 @@ access, so one corrupt file is reported by name when it is read.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -198,3 +199,32 @@ def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
 def _examples(only_p: list[str], only_s: list[str]) -> str:
     ex = [f"photos/{n}" for n in only_p[:3]] + [f"sketches/{n}" for n in only_s[:3]]
     return ", ".join(ex)
+
+
+class ManifestConfig(ComponentConfig):
+    path: Path = Field(description="manifest.jsonl; each record has path (relative to its folder), identity, modality, style.")
+    modality: Literal["photo", "sketch"] | None = Field(None, description="Keep only this modality.")
+
+
+class ManifestDataset(Dataset):
+    """Images listed in a manifest.jsonl (generated sets, aligned crops)."""
+
+    name = "manifest"
+    Config = ManifestConfig
+
+    def __init__(self, config: ManifestConfig):
+        from .manifest import read_manifest
+
+        self.config = config
+        base = config.path.parent
+        self.refs = []
+        for i, rec in enumerate(read_manifest(config.path), 1):
+            missing = [k for k in ("path", "identity") if k not in rec]
+            if missing:
+                raise DataError(f"{config.path}: record {i} lacks {', '.join(missing)}")
+            mod = rec.get("modality", "sketch")
+            if config.modality and mod != config.modality:
+                continue
+            self.refs.append(SampleRef(str(base / rec["path"]), str(rec["identity"]), mod, rec.get("style")))
+        if not self.refs:
+            raise DataError(f"{config.path}: no records" + (f" with modality {config.modality}" if config.modality else ""))

@@ -1,0 +1,158 @@
+"""Data layer: errors that name the file, documented conversions, folder datasets, manifests."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import c4s_core
+from c4s_core.data import (
+    append_manifest,
+    load_image,
+    load_samples,
+    read_manifest,
+    save_image,
+)
+from c4s_core.errors import ConfigError, DataError, ImageReadError
+
+
+def png_bytes(mode="RGB", size=(8, 6), color=None):
+    buf = io.BytesIO()
+    Image.new(mode, size, color if color is not None else 0).save(buf, format="PNG" if mode != "CMYK" else "JPEG")
+    return buf.getvalue()
+
+
+def test_bad_files_name_the_file(tmp_path):
+    zero = tmp_path / "zero.png"
+    zero.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    trunc = tmp_path / "trunc.jpg"
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(buf, "JPEG")
+    trunc.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 300)).save(big)
+    cases = {
+        zero: "empty file",
+        text: "not an image",
+        trunc: "corrupt or truncated",
+        tmp_path / "missing.png": "not found",
+        tmp_path: "folder",
+    }
+    for path, why in cases.items():
+        with pytest.raises(ImageReadError) as e:
+            load_image(path)
+        assert str(path) in str(e.value) and why in str(e.value)
+    with pytest.raises(ImageReadError, match="over the limit"):
+        load_image(big, max_pixels=1000)
+
+
+def test_modes_convert_as_documented(tmp_path):
+    g = tmp_path / "g.png"
+    Image.new("L", (5, 4), 77).save(g)
+    a = load_image(g)
+    assert a.shape == (4, 5, 3) and a.dtype == np.uint8 and (a == 77).all()
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (5, 4), (0, 0, 0, 0)).save(rgba)
+    assert (load_image(rgba) == 255).all()  # transparent -> white paper
+    cmyk = tmp_path / "c.jpg"
+    Image.new("CMYK", (5, 4), (0, 0, 0, 0)).save(cmyk)
+    assert load_image(cmyk).min() > 240  # no ink -> white
+    i16 = tmp_path / "i16.png"
+    arr = np.array([[0, 1000], [30000, 65535]], dtype=np.uint16)
+    Image.fromarray(arr).save(i16)
+    out = load_image(i16)
+    assert out[0, 0, 0] == 0 and out[1, 1, 0] == 255 and out.shape == (2, 2, 3)
+
+
+def test_save_image_is_atomic_and_leaves_no_temp(tmp_path):
+    img = np.zeros((4, 4, 3), np.uint8)
+    save_image(tmp_path / "a" / "b.png", img)
+    assert (load_image(tmp_path / "a" / "b.png") == 0).all()
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.png"]
+
+
+def make_pairs(root, names, extra_photo=None, extra_sketch=None):
+    (root / "photos").mkdir(parents=True)
+    (root / "sketches").mkdir()
+    for n in names:
+        Image.new("RGB", (10, 12), (200, 150, 120)).save(root / "photos" / f"{n}.jpg")
+        Image.new("L", (10, 12), 240).save(root / "sketches" / f"{n}.png")
+    if extra_photo:
+        Image.new("RGB", (10, 12)).save(root / "photos" / f"{extra_photo}.jpg")
+    if extra_sketch:
+        Image.new("RGB", (10, 12)).save(root / "sketches" / f"{extra_sketch}.jpg")
+
+
+def build(name, options):
+    return c4s_core.get_registries().dataset.build(name, options)
+
+
+def test_paired_folder(tmp_path):
+    make_pairs(tmp_path, ["a", "b"])
+    ds = build("cufs", {"root": str(tmp_path), "style": "cufs"})
+    assert len(ds) == 4 and ds.identities() == ["a", "b"]
+    s = ds[1]
+    assert (s.identity, s.modality, s.style) == ("a", "sketch", "cufs") and s.image.shape == (12, 10, 3)
+
+
+def test_paired_folder_mismatch_reported(tmp_path):
+    make_pairs(tmp_path, ["a"], extra_photo="lonely", extra_sketch="orphan")
+    with pytest.raises(DataError) as e:
+        build("paired_folder", {"root": str(tmp_path)})
+    assert "photos/lonely" in str(e.value) and "sketches/orphan" in str(e.value)
+    ds = build("paired_folder", {"root": str(tmp_path), "on_unpaired": "skip"})
+    assert len(ds) == 2 and len(ds.unpaired) == 2
+    with pytest.raises(ConfigError, match="on_unpaired"):
+        build("paired_folder", {"root": str(tmp_path), "on_unpaired": "ignore"})
+
+
+def test_empty_and_missing_folders(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "sketches").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        build("paired_folder", {"root": str(tmp_path)})
+    with pytest.raises(DataError, match="not found"):
+        build("paired_folder", {"root": str(tmp_path / "nope")})
+    with pytest.raises(DataError, match="no identity folders"):
+        build("identity_folder", {"root": str(tmp_path)})
+
+
+def test_corrupt_file_skip_policy(tmp_path):
+    make_pairs(tmp_path, ["a", "b"])
+    (tmp_path / "sketches" / "b.png").write_bytes(b"\x89PNG\r\n garbage")
+    ds = build("paired_folder", {"root": str(tmp_path)})
+    with pytest.raises(ImageReadError, match="b.png"):
+        load_samples(ds)
+    samples, rep = load_samples(ds, on_error="skip")
+    assert len(samples) == 3 and rep.skipped[0][0].endswith("b.png")
+    assert "1 skipped" in rep.summary()
+
+
+def test_identity_folder(tmp_path):
+    for ident, n in (("x", 2), ("y", 1)):
+        (tmp_path / ident).mkdir()
+        for k in range(n):
+            Image.new("RGB", (4, 4), k * 50).save(tmp_path / ident / f"{k}.png")
+    ds = build("identity_folder", {"root": str(tmp_path), "min_images": 2})
+    assert len(ds) == 2 and ds.identities() == ["x"]
+
+
+def test_manifest_roundtrip_and_torn_tail(tmp_path):
+    m = tmp_path / "manifest.jsonl"
+    save_image(tmp_path / "p" / "0.png", np.full((4, 4, 3), 9, np.uint8))
+    append_manifest(m, [{"path": "p/0.png", "identity": "p", "modality": "sketch", "style": "pencil"}])
+    with open(m, "a") as f:
+        f.write('{"path": "p/1.png", "iden')  # a killed writer
+    assert len(read_manifest(m)) == 1
+    append_manifest(m, [{"path": "p/0.png", "identity": "q", "modality": "photo"}])
+    recs = read_manifest(m)
+    assert [r["identity"] for r in recs] == ["p", "q"]
+    ds = build("manifest", {"path": str(m), "modality": "sketch"})
+    assert len(ds) == 1 and ds[0].style == "pencil" and ds[0].image[0, 0, 0] == 9
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
+    with pytest.raises(DataError, match="bad.jsonl:2"):
+        read_manifest(bad)
