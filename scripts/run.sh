@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One entry point for a fresh clone: sets up .venv (once, or when pyproject.toml
+# changes), then runs what is asked.
+#   bash scripts/run.sh demo [c4s demo options]   the main job on the embedded data
+#   bash scripts/run.sh test [pytest options]     the test suite
+#   bash scripts/run.sh c4s ARGS...               any c4s command
+#   bash scripts/run.sh bench                     the benchmarks (JSON lines)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${C4S_VENV:-.venv}
+export HF_HUB_OFFLINE=1 MPLBACKEND=Agg
+
+setup() {
+  local stamp="$VENV/.c4s-installed" want
+  want=$(sha256sum pyproject.toml | cut -c1-16)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+  echo "c4s: setting up $VENV (first run takes a few minutes)" >&2
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+  # torch and torchvision are pinned together in pyproject.toml, so this one
+  # command installs a matching pair.
+  "$VENV/bin/python" -m pip install -q -e ".[dlib,dev]"
+  echo "$want" > "$stamp"
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+  demo) setup; exec "$VENV/bin/c4s" demo "$@" ;;
+  test) setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  c4s) setup; exec "$VENV/bin/c4s" "$@" ;;
+  bench) setup; for b in benchmarks/bench_*.py; do "$VENV/bin/python" "$b"; done ;;
+  setup) setup ;;
+  *) sed -n '2,8p' "$0"; exit 2 ;;
+esac
