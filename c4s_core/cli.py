@@ -150,22 +150,31 @@ def config_schema(pipeline):
 
 
 def _pipeline_command(name: str, module: str) -> click.Command:
-    @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML config file.")
-    @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config field, e.g. --set seed=3 (repeatable).")
-    @click.option("--out", default=None, help="Output folder (same as --set out=DIR).")
-    @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-    def command(config_file, sets, out, no_progress):
-        import importlib
+    import importlib
 
+    fields = importlib.import_module(module).Config.model_fields
+
+    def command(config_file, sets, out, no_progress, resume=False, shard=None):
         from .config import load_config
 
         mod = importlib.import_module(module)
         sets = list(sets) + ([f"out={out}"] if out else [])
+        sets += ["resume=true"] if resume else []
+        sets += [f"shard={shard}"] if shard else []
         cfg = load_config(mod.Config, config_file, sets)
         _registries()
         summary = mod.run(cfg, progress=not no_progress)
         click.echo(json.dumps(summary, indent=2, default=str))
 
+    # options apply bottom-up; pipeline-specific ones only where the Config has the field
+    if "shard" in fields:
+        command = click.option("--shard", default=None, metavar="I/N", help="Do shard I of N (1-based) of the work.")(command)
+    if "resume" in fields:
+        command = click.option("--resume", is_flag=True, help="Continue a killed run from its last checkpoint.")(command)
+    command = click.option("--no-progress", is_flag=True, help="Hide progress bars.")(command)
+    command = click.option("--out", default=None, help="Output folder (same as --set out=DIR).")(command)
+    command = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config field, e.g. --set seed=3 (repeatable).")(command)
+    command = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML config file.")(command)
     doc = _PIPELINE_HELP.get(name, f"Run the {name} pipeline.")
     return click.command(name=name, help=doc + "\n\nSee `c4s config show " + name + "` for every option.")(command)
 

@@ -47,6 +47,11 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "aligners": "c4s_plugins.aligners",
     "dlib": "c4s_plugins.dlib_models",
     "hog": "c4s_plugins.hog",
+    "backbones": "c4s_plugins.backbones",
+    "heads": "c4s_plugins.heads",
+    "conditioners": "c4s_plugins.conditioners",
+    "samplers": "c4s_plugins.samplers",
+    "diffusion": "c4s_plugins.diffusion",
 }
 # The default pipelines read data through these; they may not be blocked.
 ESSENTIAL_PLUGINS = frozenset({"datasets", "synthfaces"})

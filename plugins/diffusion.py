@@ -1,0 +1,1 @@
+"""Built-in diffusion plugin (being written)."""
