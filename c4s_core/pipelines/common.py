@@ -28,6 +28,18 @@ def prepare_out(out: Path) -> Path:
     return out
 
 
+def remove_partial_files(out: Path) -> int:
+    """Delete temp files that a killed run left mid-write (see atomic_write_bytes)."""
+    n = 0
+    for p in Path(out).rglob(".*.tmp"):
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
 def save_run_config(out: Path, pipeline: str, cfg: BaseModel, extra: dict[str, Any] | None = None) -> None:
     """Write ``out/config.yaml`` (rerunnable with --config) and ``out/run.json``."""
     import yaml

@@ -30,9 +30,10 @@ def run(config: Config, progress: bool = True) -> dict:
     from ..data.io import array_hash, save_image
     from ..data.manifest import write_manifest
     from ..plugins import get_registries
-    from .common import prepare_out, save_run_config
+    from .common import prepare_out, remove_partial_files, save_run_config
 
     out = prepare_out(config.out)
+    removed = remove_partial_files(out)
     ds = get_registries().dataset.build(config.dataset)
     save_run_config(out, "synth", config)
     counts: dict[tuple[str, str], int] = {}
@@ -57,7 +58,7 @@ def run(config: Config, progress: bool = True) -> dict:
     if sheet:
         save_image(out / "contact_sheet.png", grid(list(sheet.values())))
     return {"out": str(out), "images": len(records), "written": written, "kept": kept,
-            "identities": len({r["identity"] for r in records})}
+            "partial_files_removed": removed, "identities": len({r["identity"] for r in records})}
 
 
 def grid(rows: list[list], pad: int = 2):
