@@ -183,6 +183,8 @@ _PIPELINE_HELP = {
     "synth": "Render the embedded synthfaces set (photos + sketches) to a folder.",
     "align": "Align the faces of a dataset to the 5-point template and write the crops.",
     "evaluate": "Match probe sketches against a photo gallery: CMC, TAR@FAR, ROC, report.",
+    "train-matcher": "Train a sketch-to-mugshot matcher (backbone + margin head) on real and generated sets.",
+    "train-generator": "Train the CLIP4Sketch diffusion generator (or another generator) on photo/sketch pairs.",
     "demo": "The main job on the embedded default: every stage that exists, with a report.",
 }
 

@@ -82,8 +82,10 @@ def register_backbones(register: Register) -> None:
 
     Contract: attributes ``input_size`` (H, W), ``embedding_dim``,
     ``color_order`` ("RGB" or "BGR") and ``embed(images: list[uint8 HxWx3 RGB])
-    -> float32 [B, embedding_dim]`` (L2-normalised). Trainable ones are also
-    ``torch.nn.Module`` with ``forward(x: float [B, 3, H, W])``.
+    -> float32 [B, embedding_dim]`` (L2-normalised). Trainable ones are light
+    wrappers that build their ``torch.nn.Module`` on construction and hold it as
+    ``.model`` (``forward(x: float [B, 3, H, W])``, normalised as declared by
+    ``mean``/``std``), so the plugin itself imports no torch.
     """
 
 

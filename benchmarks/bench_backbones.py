@@ -1,0 +1,79 @@
+"""Backbone speed on this machine: training images/s (forward, backward, SGD
+step with an AdaFace head) in fp32 eager and in channels_last + bf16 autocast,
+and embed() throughput. Prints one JSON line; no assertions.
+
+    python benchmarks/bench_backbones.py [--backbone ir_50] [--batch 16] [--iters 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="ir_50", help="Registered backbone name.")
+    ap.add_argument("--batch", type=int, default=16, help="Images per step.")
+    ap.add_argument("--iters", type=int, default=3, help="Timed steps per mode (after one warm-up step).")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
+    ap.add_argument("--classes", type=int, default=1000, help="Head classes.")
+    a = ap.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    import c4s_core
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    regs = c4s_core.get_registries()
+    result = {"backbone": a.backbone, "batch": a.batch, "iters": a.iters, "threads": torch.get_num_threads(),
+              "device": "cpu", "torch": torch.__version__}
+    for mode in ("fp32_eager", "channels_last_bf16"):
+        torch.manual_seed(0)
+        bb = regs.backbone.build(a.backbone, {"device": "cpu"})
+        head = regs.head.build("adaface").build(bb.embedding_dim, a.classes)
+        model = bb.model.train()
+        cl = mode != "fp32_eager"
+        if cl:
+            model.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
+        h, w = bb.input_size
+        x = torch.randn(a.batch, 3, h, w)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, a.classes, (a.batch,))
+
+        def step(model=model, head=head, opt=opt, x=x, y=y, cl=cl):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cl):
+                feat = model(x)
+            feat = feat.float()
+            norms = feat.norm(dim=1, keepdim=True)
+            loss = F.cross_entropy(head(feat / norms, norms, y), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        step()
+        t = time.perf_counter()
+        for _ in range(a.iters):
+            step()
+        dt = time.perf_counter() - t
+        result[f"train_images_per_s_{mode}"] = round(a.batch * a.iters / dt, 2)
+
+    bb = regs.backbone.build(a.backbone, {"device": "cpu", "batch_size": a.batch})
+    imgs = [np.random.default_rng(i).integers(0, 256, (*bb.input_size, 3), dtype=np.uint8) for i in range(a.batch)]
+    bb.embed(imgs[:2])
+    t = time.perf_counter()
+    for _ in range(a.iters):
+        bb.embed(imgs)
+    result["embed_images_per_s_fp32"] = round(a.batch * a.iters / (time.perf_counter() - t), 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

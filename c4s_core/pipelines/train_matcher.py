@@ -1,0 +1,470 @@
+"""Train a sketch-to-mugshot matcher: a backbone with a margin head on a mix of
+datasets (real and generated sketches, photos).
+
+Every image is aligned by the ``aligner`` once and held in memory at the
+backbone's input size. A share of the identities (``val_fraction``) is held
+out: each epoch ends with rank-1 of their sketches (probes) against their
+photos (gallery). Output, in ``out``:
+
+- ``last/`` and ``best/``: matcher folders, ``model.safetensors`` (backbone
+  weights in its official layout) + ``matcher.json`` (backbone name and
+  options, input size, colour order, normalisation, embedding size, data hash,
+  c4s version, epoch, validation rank-1). Use one as a backbone:
+  ``backbone={name: matcher, options: {path: OUT/best}}``;
+- ``last/state.safetensors`` + ``last/state.json``: head, optimizer, RNG
+  states and counters, so ``--resume`` continues exactly where it stopped
+  (same weights as an uninterrupted run);
+- ``history.json`` (loss, rank-1, images/s per epoch), ``config.yaml``, ``run.json``.
+
+Data order, augmentation and dropout of epoch ``e`` derive from ``(seed, e)``
+alone, which is what makes a resumed run equal to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ..config import C4SModel, ComponentSpec
+from ..errors import ConfigError, DataError
+
+MATCHER_FORMAT = "c4s-matcher"
+MATCHER_FORMAT_VERSION = 1
+# fields that may change between a run and its --resume
+RESUMABLE_CHANGES = ("resume", "epochs", "stop_after")
+
+
+class DataSource(C4SModel):
+    dataset: ComponentSpec = Field(description="Dataset (any dataset plugin; `manifest` for generated sets).")
+    ratio: float = Field(
+        1.0, gt=0.0, le=100.0,
+        description="How many times each of its training images appears per epoch; "
+        "fractions draw a random share each epoch (0.5: half), 2: twice.",
+    )
+    modality: Literal["photo", "sketch"] | None = Field(None, description="Keep only this modality (None: both).")
+
+
+def _default_data() -> list[DataSource]:
+    return [DataSource(dataset=ComponentSpec(
+        name="synthfaces",
+        options={"num_identities": 200, "images_per_identity": 2, "sketches_per_identity": 2,
+                 "styles": ["line", "pencil", "charcoal"]},
+    ))]
+
+
+class Augment(C4SModel):
+    scale: tuple[float, float] = Field((0.85, 1.0), description="Random resized crop: area share range (small for aligned faces).")
+    shift: float = Field(0.04, ge=0.0, le=0.3, description="Largest shift, as a fraction of the side.")
+    rotate: float = Field(8.0, ge=0.0, le=45.0, description="Largest rotation in degrees.")
+    flip: float = Field(0.5, ge=0.0, le=1.0, description="Probability of a horizontal flip.")
+    jitter: float = Field(0.2, ge=0.0, le=1.0, description="Brightness/contrast/saturation jitter strength.")
+    grayscale: float = Field(0.2, ge=0.0, le=1.0, description="Probability of turning a photo grey (sketches are grey already).")
+    blur: float = Field(0.1, ge=0.0, le=1.0, description="Probability of a 3x3 Gaussian blur.")
+
+    @model_validator(mode="after")
+    def _scale(self):
+        lo, hi = self.scale
+        if not 0.2 <= lo <= hi <= 1.0:
+            raise ValueError(f"scale must satisfy 0.2 <= low <= high <= 1, got {self.scale}")
+        return self
+
+
+class Config(C4SModel):
+    data: list[DataSource] = Field(default_factory=_default_data, description="Training sources, pooled by identity name.")
+    aligner: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="center", options={"box": [0.0, 0.0, 1.0, 1.0]}),
+        description="Aligner applied once to every image (default: whole image, for template-aligned sets "
+        "such as synthfaces; use center's default box for CUFS, or dlib).",
+    )
+    backbone: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="ir_18", options={"widths": [16, 32, 64, 128]}),
+        description="Backbone to train (default: a narrow IR-18 that trains in minutes on a CPU).",
+    )
+    head: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="adaface", options={"s": 16.0}),
+        description="Margin head. The default scale s=16 suits hundreds of identities; the papers' "
+        "s=64 is for tens of thousands (with few classes it stalls near chance).",
+    )
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of identities held out for validation (0: none).")
+    val_seed: int = Field(0, ge=0, description="Seed of the identity split.")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD with momentum (AdaFace's choice) or AdamW.")
+    lr: float = Field(0.1, gt=0.0, le=10.0, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="Weight decay (not applied to BN/PReLU/biases).")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
+    milestones: list[float] = Field([0.6, 0.85], description="Step schedule: fractions of training where lr is multiplied by gamma.")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="Step schedule factor.")
+    warmup_epochs: float = Field(1.0, ge=0.0, le=100.0, description="Linear warm-up length in epochs.")
+    epochs: int = Field(20, ge=1, le=10_000, description="Epochs in all.")
+    stop_after: int | None = Field(
+        None, ge=1, description="Stop after this many epochs in this invocation (time-limited jobs); continue with --resume."
+    )
+    batch_size: int = Field(64, ge=2, le=4096, description="Images per step.")
+    augment: Augment = Field(default_factory=Augment, description="Training augmentations.")
+    bf16: bool = Field(False, description="bfloat16 autocast for forward passes (helps on GPUs and recent CPUs).")
+    channels_last: bool = Field(False, description="channels_last memory format.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if available.")
+    threads: int | None = Field(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
+    out: Path = Field(Path("c4s-out/matcher"), description="Output folder.")
+    resume: bool = Field(False, description="Continue the run in `out` from its last checkpoint.")
+    seed: int = Field(0, ge=0, description="Seed of initialisation, data order, augmentation and dropout.")
+
+
+# -- the matcher folder format -----------------------------------------------------------
+
+
+def save_matcher(folder: Path, backbone, backbone_name: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """Write ``folder/model.safetensors`` and ``folder/matcher.json``; returns the info."""
+    from .. import __version__
+    from ..training import save_weights
+    from .common import write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sha = save_weights(folder / "model.safetensors", backbone.model.state_dict(),
+                       {"format": MATCHER_FORMAT, "backbone": backbone_name})
+    info = {
+        "format": MATCHER_FORMAT,
+        "format_version": MATCHER_FORMAT_VERSION,
+        "backbone": {"name": backbone_name, "options": backbone.architecture()},
+        "input_size": list(backbone.input_size),
+        "color_order": backbone.color_order,
+        "mean": list(backbone.mean),
+        "std": list(backbone.std),
+        "embedding_dim": int(backbone.embedding_dim),
+        "weights_sha256": sha,
+        "c4s_version": __version__,
+        **extra,
+    }
+    write_json(folder / "matcher.json", info)
+    return info
+
+
+def read_matcher(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``(folder, matcher.json contents)`` for a matcher folder, its
+    ``matcher.json``, or a train-matcher run folder (its ``best/``)."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if not (path / "matcher.json").is_file() and (path / "best" / "matcher.json").is_file():
+        path = path / "best"
+    js = path / "matcher.json"
+    if not js.is_file():
+        raise DataError(f"{path}: no matcher.json (give a folder written by `c4s train-matcher`, e.g. OUT/best)")
+    try:
+        info = json.loads(js.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise DataError(f"{js} is not valid JSON: {err}") from None
+    if info.get("format") != MATCHER_FORMAT or "backbone" not in info:
+        raise DataError(f"{js} is not a c4s matcher description (format {info.get('format')!r})")
+    if not (path / "model.safetensors").is_file():
+        raise DataError(f"{path}: model.safetensors is missing beside matcher.json")
+    return path, info
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def _load_data(config: Config, regs, size: tuple[int, int], progress: bool):
+    """Aligned uint8 images [N, H, W, 3], identities, modalities, source index, hash."""
+    import hashlib
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..data.io import resize
+
+    aligner = regs.aligner.build(config.aligner)
+    images, ids, mods, src = [], [], [], []
+    h = hashlib.sha256()
+    for si, source in enumerate(config.data):
+        ds = regs.dataset.build(source.dataset)
+        refs = getattr(ds, "refs", None)
+        idx = [i for i in range(len(ds)) if source.modality is None or refs is None
+               or refs[i].modality == source.modality]
+        bs = 64
+        for b in tqdm(range(0, len(idx), bs), desc=f"load {source.dataset.name}", disable=not progress, unit="batch"):
+            samples = [ds[i] for i in idx[b:b + bs]]
+            samples = [s for s in samples if source.modality is None or s.modality == source.modality]
+            res = aligner.align([s.image for s in samples], [s.path or f"{source.dataset.name}[{k}]" for k, s in enumerate(samples)])
+            for s, r in zip(samples, res, strict=True):
+                if r.image is None:
+                    continue
+                im = resize(np.asarray(r.image, np.uint8), size)
+                images.append(im)
+                ids.append(s.identity)
+                mods.append(s.modality)
+                src.append(si)
+                h.update(f"{s.identity}|{s.modality}|".encode())
+                h.update(im.tobytes())
+        if not any(x == si for x in src):
+            raise DataError(f"data source {si} ({source.dataset.name}) gave no usable images")
+    return np.stack(images), np.array(ids), np.array(mods), np.array(src), h.hexdigest()[:16]
+
+
+def _split(ids, mods, fraction: float, seed: int):
+    """Identity-disjoint split: held-out identities have both a photo and a sketch."""
+    import numpy as np
+
+    uniq = sorted(set(ids.tolist()))
+    both = sorted(set(ids[mods == "photo"].tolist()) & set(ids[mods == "sketch"].tolist()))
+    n_val = int(round(fraction * len(uniq)))
+    if fraction > 0 and n_val < 2:
+        n_val = 2
+    if n_val > len(both):
+        raise DataError(
+            f"val_fraction={fraction} asks for {n_val} held-out identities but only {len(both)} have both "
+            "a photo and a sketch; lower val_fraction or add paired data"
+        )
+    if n_val >= len(uniq):
+        raise DataError(f"val_fraction={fraction} leaves no identity for training ({len(uniq)} in all)")
+    rng = np.random.default_rng([0xA11, seed])
+    val = set(rng.permutation(np.array(both, dtype=object))[:n_val].tolist()) if n_val else set()
+    return np.array([i in val for i in ids.tolist()], dtype=bool)
+
+
+def _epoch_indices(train_idx, src, ratios, seed: int, epoch: int):
+    import numpy as np
+
+    rng = np.random.default_rng([0xE90C, seed, epoch])
+    parts = []
+    for si, r in enumerate(ratios):
+        pool = train_idx[src[train_idx] == si]
+        whole, frac = int(r), r - int(r)
+        parts += [pool] * whole
+        if frac > 0 and len(pool):
+            parts.append(rng.choice(pool, int(round(frac * len(pool))), replace=False))
+    idx = np.concatenate(parts) if parts else np.zeros(0, int)
+    return rng.permutation(idx)
+
+
+def _augment(x, is_photo, aug: Augment, gen):
+    """Batch augmentation of float RGB [B, 3, H, W] in [0, 1], from generator ``gen``."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    B = x.shape[0]
+
+    def u(lo, hi, n=B):
+        return torch.rand(n, generator=gen) * (hi - lo) + lo
+
+    area = u(*aug.scale)
+    s = area.sqrt()  # zoom: the crop side relative to the image
+    ang = u(-aug.rotate, aug.rotate) * math.pi / 180
+    tx, ty = u(-aug.shift, aug.shift) * 2, u(-aug.shift, aug.shift) * 2
+    flip = torch.where(torch.rand(B, generator=gen) < aug.flip, -1.0, 1.0)
+    cos, sin = torch.cos(ang) * s, torch.sin(ang) * s
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if aug.jitter > 0:
+        j = aug.jitter
+        bright = u(1 - j, 1 + j).view(B, 1, 1, 1)
+        contrast = u(1 - j, 1 + j).view(B, 1, 1, 1)
+        sat = u(1 - j, 1 + j).view(B, 1, 1, 1)
+        gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = gray + (x - gray) * sat
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * contrast + mean) * bright
+    to_gray = (torch.rand(B, generator=gen) < aug.grayscale) & is_photo
+    if to_gray.any():
+        g = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)
+        x = torch.where(to_gray.view(B, 1, 1, 1), g, x)
+    blur = torch.rand(B, generator=gen) < aug.blur
+    if blur.any():
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+        xb = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+        x = torch.where(blur.view(B, 1, 1, 1), xb, x)
+    return x.clamp_(0, 1)
+
+
+def _check_resume(config: Config, saved: dict[str, Any], where: Path) -> None:
+    now = json.loads(config.model_dump_json())
+    diff = [k for k in now if k not in RESUMABLE_CHANGES and k != "out" and now[k] != saved.get(k)]
+    if diff:
+        raise ConfigError(
+            f"--resume: the config differs from the run in {where} in {', '.join(diff)}; "
+            f"only {', '.join(RESUMABLE_CHANGES)} may change. Use the saved {where / 'config.yaml'} "
+            "or another out folder."
+        )
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def run(config: Config, progress: bool = True) -> dict[str, Any]:
+    import time
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from .. import __version__, metrics
+    from ..plugins import get_registries
+    from ..training import load_state, lr_at, rng_state, save_state, seed_everything, set_rng_state
+    from .common import prepare_out, save_run_config, write_json
+
+    t_start = time.time()
+    out = prepare_out(config.out)
+    last_dir, best_dir = out / "last", out / "best"
+    state = None
+    if config.resume:
+        if not (last_dir / "state.json").is_file():
+            raise DataError(f"--resume: no checkpoint in {last_dir} (state.json); run without --resume first")
+        state = load_state(last_dir, "state")
+        _check_resume(config, state["config"], out)
+    elif (last_dir / "state.json").is_file():
+        raise DataError(f"{out} already holds a training run ({last_dir}); pass --resume to continue it, or pick another out")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    regs = get_registries()
+    seed_everything(config.seed)
+    bb_spec = config.backbone
+    bb_entry = regs.backbone.get(bb_spec.name)
+    bb_opts = dict(bb_spec.options)
+    if "device" in bb_entry.config_cls.model_fields:
+        bb_opts["device"] = "cpu"  # moved below
+    backbone = regs.backbone.build(bb_entry.name, bb_opts)
+    for attr in ("model", "to_input", "architecture", "embed"):
+        if not hasattr(backbone, attr):
+            raise ConfigError(f"backbone {bb_spec.name!r} is not trainable (it has no {attr}); pick a torch backbone such as ir_18")
+    bb_name = bb_entry.name
+    images, ids, mods, src, data_hash = _load_data(config, regs, tuple(backbone.input_size), progress)
+    val_mask = _split(ids, mods, config.val_fraction, config.val_seed)
+    train_idx = np.flatnonzero(~val_mask)
+    classes = sorted(set(ids[train_idx].tolist()))
+    class_of = {c: k for k, c in enumerate(classes)}
+    labels = np.array([class_of.get(i, -1) for i in ids.tolist()])
+    val_probe = np.flatnonzero(val_mask & (mods == "sketch"))
+    val_gallery = np.flatnonzero(val_mask & (mods == "photo"))
+
+    device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use device=cpu or auto")
+    model = backbone.model
+    head = regs.head.build(config.head).build(int(backbone.embedding_dim), len(classes))
+    model.to(device)
+    head.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    backbone.device = str(device)
+
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay + list(head.parameters()), "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    else:
+        opt = torch.optim.AdamW(groups, lr=config.lr)
+
+    steps_per_epoch = max(1, int(np.ceil(len(_epoch_indices(train_idx, src, [d.ratio for d in config.data], config.seed, 0))
+                                         / config.batch_size)))
+    total_steps = steps_per_epoch * config.epochs
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+
+    start_epoch, step, history, best = 0, 0, [], {"epoch": None, "rank1": -1.0}
+    if state is not None:
+        backbone.load_weights(last_dir / "model.safetensors")
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start_epoch, step, history, best = state["epoch"], state["step"], state["history"], state["best"]
+        if state["data_hash"] != data_hash:
+            raise DataError(
+                f"--resume: the training data changed since {last_dir} was written "
+                f"(hash {state['data_hash']} then, {data_hash} now)"
+            )
+    save_run_config(out, "train_matcher", config, {"data_hash": data_hash, "classes": len(classes)})
+
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    ratios = [d.ratio for d in config.data]
+    images_t = torch.from_numpy(images)  # N, H, W, 3 uint8
+    ran = 0
+    summary_epoch = start_epoch
+    for epoch in range(start_epoch, config.epochs):
+        if config.stop_after is not None and ran >= config.stop_after:
+            break
+        t0 = time.time()
+        torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout of this epoch
+        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        order = _epoch_indices(train_idx, src, ratios, config.seed, epoch)
+        model.train()
+        head.train()
+        losses = []
+        bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, unit="step")
+        for b in bar:
+            idx = order[b:b + config.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            x = images_t[torch.from_numpy(idx)].permute(0, 3, 1, 2).float().div_(255.0)
+            x = _augment(x, torch.from_numpy(mods[idx] == "photo"), config.augment, gen)
+            x = backbone.to_input(x).to(device)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = torch.from_numpy(labels[idx]).to(device)
+            lr = lr_at(step, total_steps, config.lr, config.schedule, warmup, config.milestones, config.gamma)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with amp:
+                feat = model(x)
+            feat = feat.float()
+            norms = feat.norm(dim=1, keepdim=True).clamp_min(1e-6)
+            logits = head(feat / norms, norms, y)
+            loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise DataError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower lr (now {lr:.3g})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.3g}")
+        seconds = time.time() - t0
+        rank1 = None
+        if len(val_probe) and len(val_gallery):
+            pe = backbone.embed(list(images[val_probe]))
+            ge = backbone.embed(list(images[val_gallery]))
+            curve, used = metrics.cmc(metrics.cosine_similarity(pe, ge), ids[val_probe], ids[val_gallery], max_rank=1)
+            rank1 = float(curve[0]) if used else None
+        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None, "val_rank1": rank1,
+               "lr": lr_at(max(step - 1, 0), total_steps, config.lr, config.schedule, warmup, config.milestones, config.gamma),
+               "images_per_s": round(len(order) / max(seconds, 1e-9), 1), "seconds": round(seconds, 2)}
+        history.append(rec)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: loss {rec['loss']:.4f}" + (f", val rank-1 {rank1:.3f}" if rank1 is not None else ""))
+        extra = {"epoch": epoch + 1, "val_rank1": rank1, "data_hash": data_hash, "head": config.head.name,
+                 "classes": len(classes), "train_images": int(len(train_idx))}
+        save_matcher(last_dir, backbone, bb_name, extra)
+        score = rank1 if rank1 is not None else float(epoch)
+        if score > best["rank1"] or best["epoch"] is None:
+            best = {"epoch": epoch + 1, "rank1": score}
+            save_matcher(best_dir, backbone, bb_name, extra)
+        save_state(last_dir, "state", {
+            "config": json.loads(config.model_dump_json()), "epoch": epoch + 1, "step": step,
+            "history": history, "best": best, "data_hash": data_hash, "c4s_version": __version__,
+            "head": head.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
+        })
+        write_json(out / "history.json", history)
+        ran += 1
+        summary_epoch = epoch + 1
+
+    return {
+        "out": str(out), "backbone": bb_name, "head": config.head.name, "epochs_done": summary_epoch,
+        "epochs": config.epochs, "finished": summary_epoch >= config.epochs,
+        "best_epoch": best["epoch"], "best_val_rank1": history[best["epoch"] - 1]["val_rank1"] if best["epoch"] else None,
+        "last_val_rank1": history[-1]["val_rank1"] if history else None,
+        "chance_rank1": round(1.0 / max(1, len(set(ids[val_gallery].tolist()))), 4) if len(val_gallery) else None,
+        "classes": len(classes), "train_images": int(len(train_idx)), "val_probes": int(len(val_probe)),
+        "val_gallery": int(len(val_gallery)), "data_hash": data_hash,
+        "seconds": round(time.time() - t_start, 1), "history": history,
+    }

@@ -1,0 +1,237 @@
+"""Helpers shared by training loops: seeding, RNG state, learning-rate
+schedules and resumable checkpoints (safetensors + JSON, never pickle).
+
+A training *state* is any nest of dicts, lists, numbers, strings and tensors
+(model/optimizer/scheduler ``state_dict()``, RNG states, counters).
+:func:`save_state` splits it into ``NAME.safetensors`` (the tensors) and
+``NAME.json`` (the structure, with ``{"__tensor__": key}`` where each tensor
+was); :func:`load_state` puts it back together. Both files are written
+atomically, the JSON last, so a state whose JSON exists is complete.
+
+Import cost: numpy and the standard library at import; torch and safetensors
+inside the functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = [
+    "seed_everything",
+    "rng_state",
+    "set_rng_state",
+    "flatten_state",
+    "unflatten_state",
+    "save_state",
+    "load_state",
+    "save_weights",
+    "load_weights",
+    "lr_at",
+]
+
+_TENSOR = "__tensor__"
+_TUPLE = "__tuple__"
+_INTKEYS = "__intkeys__"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global RNG and torch (CPU and CUDA)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG's state, as a state nest (tensors and JSON values)."""
+    import torch
+
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _to_jsonable(random.getstate()),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    import torch
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], np.asarray(n["keys"]).astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_jsonable(x: Any) -> Any:
+    if isinstance(x, tuple | list):
+        return [_to_jsonable(v) for v in x]
+    return x
+
+
+def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, Any], Any]:
+    """Split a state nest into ``(tensors by key, JSON-able skeleton)``."""
+    import torch
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(x: Any, path: str) -> Any:
+        if isinstance(x, torch.Tensor):
+            key = path or "tensor"
+            tensors[key] = x.detach().cpu().contiguous().clone()
+            return {_TENSOR: key}
+        if isinstance(x, np.ndarray):
+            return walk(torch.from_numpy(np.ascontiguousarray(x)), path)
+        if isinstance(x, Mapping):
+            keys = list(x)
+            if keys and all(isinstance(k, int) for k in keys):  # optimizer state: param ids
+                return {_INTKEYS: {str(k): walk(x[k], f"{path}.{k}" if path else str(k)) for k in keys}}
+            bad = [k for k in keys if not isinstance(k, str)]
+            if bad:
+                raise TypeError(f"state keys must be str or int, got {bad[0]!r} at {path or '(root)'}")
+            return {k: walk(v, f"{path}.{k}" if path else k) for k, v in x.items()}
+        if isinstance(x, tuple):
+            return {_TUPLE: [walk(v, f"{path}.{i}") for i, v in enumerate(x)]}
+        if isinstance(x, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(x)]
+        if isinstance(x, np.generic):
+            return x.item()
+        if x is None or isinstance(x, bool | int | float | str):
+            return x
+        raise TypeError(f"cannot store {type(x).__name__} at {path or '(root)'} in a training state")
+
+    skeleton = walk(obj, prefix)
+    return tensors, skeleton
+
+
+def unflatten_state(skeleton: Any, tensors: Mapping[str, Any]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {_TENSOR}:
+            return tensors[skeleton[_TENSOR]]
+        if set(skeleton) == {_TUPLE}:
+            return tuple(unflatten_state(v, tensors) for v in skeleton[_TUPLE])
+        if set(skeleton) == {_INTKEYS}:
+            return {int(k): unflatten_state(v, tensors) for k, v in skeleton[_INTKEYS].items()}
+        return {k: unflatten_state(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def save_state(folder: str | Path, name: str, state: Any) -> None:
+    """Write ``folder/name.safetensors`` then ``folder/name.json``, atomically."""
+    from safetensors.torch import save
+
+    from .data.io import atomic_write_bytes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, skeleton = flatten_state(state)
+    atomic_write_bytes(folder / f"{name}.safetensors", save(tensors))
+    atomic_write_bytes(folder / f"{name}.json", json.dumps(skeleton, indent=1).encode())
+
+
+def load_state(folder: str | Path, name: str) -> Any:
+    """Read what :func:`save_state` wrote; a missing or broken file is a DataError."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    js, st = folder / f"{name}.json", folder / f"{name}.safetensors"
+    for p in (js, st):
+        if not p.is_file():
+            raise DataError(f"training state {p} not found (was the run stopped while saving?)")
+    try:
+        skeleton = json.loads(js.read_text(encoding="utf-8"))
+        tensors = load_file(str(st))
+        return unflatten_state(skeleton, tensors)
+    except (ValueError, KeyError, OSError) as err:
+        raise DataError(f"training state in {folder} ({name}.json/.safetensors) is unreadable: {err}") from None
+
+
+def save_weights(path: str | Path, state_dict: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> str:
+    """Save a flat ``{name: tensor}`` as safetensors, atomically; returns its sha256."""
+    from safetensors.torch import save
+
+    from .data.io import atomic_write_bytes
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    data = save(tensors, metadata=dict(metadata) if metadata else None)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_weights(path: str | Path) -> dict[str, Any]:
+    """Load a flat state dict from ``.safetensors``, or from a torch file with
+    ``torch.load(weights_only=True)`` (taking its ``state_dict`` entry if any)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"weights file {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise DataError(f"{path} is not a readable safetensors file: {err}") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DataError(
+            f"{path} cannot be read with torch.load(weights_only=True): {err}. "
+            "c4s never unpickles arbitrary objects; convert it to safetensors."
+        ) from None
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataError(f"{path} holds no state dict (a mapping of names to tensors)")
+    return dict(obj)
+
+
+def lr_at(
+    step: int,
+    total_steps: int,
+    base_lr: float,
+    schedule: str = "cosine",
+    warmup_steps: int = 0,
+    milestones: Sequence[float] = (0.6, 0.85),
+    gamma: float = 0.1,
+    min_lr: float = 0.0,
+) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, then ``constant``,
+    ``cosine`` (to ``min_lr`` at ``total_steps``) or ``step`` (times ``gamma``
+    at each milestone, given as fractions of ``total_steps``). A pure function
+    of its arguments, so a resumed run needs no scheduler state."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, max(0.0, (step - warmup_steps) / span))
+    if schedule == "cosine":
+        return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "step":
+        return base_lr * gamma ** sum(t >= m for m in milestones)
+    raise ValueError(f"unknown schedule {schedule!r}; use constant, cosine or step")
+
