@@ -1,21 +1,51 @@
 """Identification and verification metrics (numpy only).
 
 - :func:`cosine_similarity`: probes x gallery similarity matrix;
-- :func:`cmc`: cumulative match characteristic, closed-set identification of
-  probes against gallery *identities* (an identity's score is its best image;
-  the gallery may hold extra distractor identities; ties count against the probe);
-- :func:`tar_at_far`: verification rate at fixed false accept rates over all
-  probe/gallery-image pairs;
-- :func:`roc_auc`: area under the ROC curve of the same pairs (Mann-Whitney U).
+- :func:`identification_ranks` / :func:`cmc`: cumulative match characteristic,
+  closed-set identification of probes against gallery *identities* (an
+  identity's score is its best image; the gallery may hold extra distractor
+  identities; probes whose identity is not in the gallery are left out);
+- :func:`tar_at_far`, :func:`roc_curve`: verification rate at fixed false
+  accept rates over all probe/gallery-image pairs;
+- :func:`roc_auc`: area under the ROC curve of the same pairs (Mann-Whitney U);
+- :func:`match`: all of the above from embeddings, the similarity matrix
+  computed block by block so that its memory stays bounded (1,000 x 10,000
+  and 2,000 x 20,000 run in well under 1 GB).
+
+Tie rules (all pessimistic for the matcher, so a constant embedding scores 0):
+
+- rank: ``1 +`` the number of *other* gallery identities whose score is
+  ``>=`` the mate's score, so a mate tied with an impostor identity is ranked
+  behind it (a probe tied with 2 impostors at the top has rank 3);
+- TAR at FAR: a pair is accepted when its score is strictly ``>`` the
+  threshold; the threshold is the ``floor(far * n_impostor) + 1``-th highest
+  impostor score, so at most ``far`` of the impostors are accepted (fewer when
+  impostors tie at the threshold) and a genuine score equal to it is rejected;
+  None when ``far * n_impostor < 1`` (too few impostor pairs to measure it);
+- AUC: ``P(genuine > impostor) + 0.5 * P(genuine == impostor)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["cosine_similarity", "cmc", "pair_scores", "tar_at_far", "roc_auc", "FARS"]
+__all__ = [
+    "FARS",
+    "MatchResult",
+    "cmc",
+    "cmc_from_ranks",
+    "cosine_similarity",
+    "identification_ranks",
+    "match",
+    "pair_scores",
+    "roc_auc",
+    "roc_curve",
+    "tar_at_far",
+    "verification",
+]
 
 FARS = (1e-1, 1e-2, 1e-3)
 
@@ -26,9 +56,69 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"expected [Na, D] and [Nb, D] embeddings, got {a.shape} and {b.shape}")
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return a @ b.T
+    return _normalize(a) @ _normalize(b).T
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class _Gallery:
+    """Gallery identities encoded as ints, columns grouped by identity."""
+
+    def __init__(self, gallery_ids: Sequence[str]):
+        gids = np.array([str(g) for g in gallery_ids], dtype=str)
+        self.ids, inv = np.unique(gids, return_inverse=True)
+        inv = inv.reshape(-1).astype(np.int64)
+        self.order = np.argsort(inv, kind="stable")  # gallery columns sorted by identity
+        self.codes = inv[self.order]
+        self.starts = np.flatnonzero(np.r_[True, self.codes[1:] != self.codes[:-1]]) if len(inv) else self.codes
+        self.single = len(self.starts) == len(inv)  # one image per identity: no max over images
+        self.lookup = {str(k): j for j, k in enumerate(self.ids)}
+
+    def probe_codes(self, probe_ids: Sequence[str]) -> np.ndarray:
+        return np.array([self.lookup.get(str(p), -1) for p in probe_ids], dtype=np.int64)
+
+    def per_identity(self, sim_sorted: np.ndarray) -> np.ndarray:
+        """Best image score per identity from a block whose columns are sorted by identity."""
+        if self.single:
+            return sim_sorted
+        return np.maximum.reduceat(sim_sorted, self.starts, axis=1)
+
+
+def _ranks(per_id: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Rank of each probe's mate identity (ties count against the probe); 0 = no mate."""
+    has = codes >= 0
+    out = np.zeros(len(codes), np.int64)
+    if has.any():
+        rows = np.flatnonzero(has)
+        true = per_id[rows, codes[rows]]
+        # counts the mate itself, so this is 1 + other identities scoring >= the mate
+        out[rows] = (per_id[rows] >= true[:, None]).sum(axis=1)
+    return out
+
+
+def identification_ranks(sim: np.ndarray, probe_ids: Sequence[str], gallery_ids: Sequence[str]) -> np.ndarray:
+    """Rank (1 = best) of each probe's mate identity among the gallery identities;
+    0 where the probe's identity is not in the gallery. See the module doc for ties."""
+    sim = np.asarray(sim, dtype=np.float64)
+    if sim.shape != (len(probe_ids), len(gallery_ids)):
+        raise ValueError(f"similarity {sim.shape} does not match {len(probe_ids)} probes x {len(gallery_ids)} gallery")
+    gal = _Gallery(gallery_ids)
+    if len(gallery_ids) == 0:
+        return np.zeros(len(probe_ids), np.int64)
+    return _ranks(gal.per_identity(sim[:, gal.order]), gal.probe_codes(probe_ids))
+
+
+def cmc_from_ranks(ranks: np.ndarray, max_rank: int) -> tuple[np.ndarray, int]:
+    """CMC curve of the probes with a mate (``ranks > 0``) up to ``max_rank``."""
+    ranks = np.asarray(ranks)
+    ranks = ranks[ranks > 0]
+    max_rank = max(1, int(max_rank))
+    if len(ranks) == 0:
+        return np.zeros(max_rank), 0
+    counts = np.bincount(np.minimum(ranks, max_rank + 1), minlength=max_rank + 2)[1 : max_rank + 1]
+    return np.cumsum(counts) / len(ranks), int(len(ranks))
 
 
 def cmc(
@@ -36,75 +126,187 @@ def cmc(
 ) -> tuple[np.ndarray, int]:
     """CMC curve: ``curve[k-1]`` is the share of probes whose identity is among
     the top ``k`` gallery identities. Probes whose identity is not in the gallery
-    are left out; returns ``(curve, number_of_probes_used)``."""
-    sim = np.asarray(sim, dtype=np.float64)
-    probe_ids, gallery_ids = np.asarray(probe_ids), np.asarray(gallery_ids)
-    if sim.shape != (len(probe_ids), len(gallery_ids)):
-        raise ValueError(f"similarity {sim.shape} does not match {len(probe_ids)} probes x {len(gallery_ids)} gallery")
-    ids, inv = np.unique(gallery_ids, return_inverse=True)
-    n_ids = len(ids)
+    are left out; returns ``(curve, number_of_probes_used)``. The curve is
+    non-decreasing and has ``min(max_rank, number of gallery identities)`` points."""
+    ranks = identification_ranks(sim, probe_ids, gallery_ids)
+    n_ids = len(set(map(str, gallery_ids)))
     max_rank = n_ids if max_rank is None else max(1, min(max_rank, n_ids))
-    # best score per gallery identity: [P, n_ids]
-    per_id = np.full((sim.shape[0], n_ids), -np.inf)
-    for j in range(n_ids):
-        cols = inv == j
-        if cols.any():
-            per_id[:, j] = sim[:, cols].max(axis=1)
-    lookup = {str(k): j for j, k in enumerate(ids)}
-    ranks = []
-    for i, pid in enumerate(probe_ids):
-        j = lookup.get(str(pid))
-        if j is None:
-            continue
-        true = per_id[i, j]
-        others = np.delete(per_id[i], j)
-        ranks.append(1 + int(np.sum(others >= true)))
-    ranks = np.asarray(ranks)
-    if len(ranks) == 0:
-        return np.zeros(max_rank), 0
-    curve = np.array([(ranks <= k).mean() for k in range(1, max_rank + 1)])
-    return curve, len(ranks)
+    return cmc_from_ranks(ranks, max_rank)
 
 
 def pair_scores(
     sim: np.ndarray, probe_ids: Sequence[str], gallery_ids: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split all probe/gallery-image scores into ``(genuine, impostor)``."""
-    same = np.asarray(probe_ids)[:, None] == np.asarray(gallery_ids)[None, :]
+    same = np.asarray(probe_ids, dtype=str)[:, None] == np.asarray(gallery_ids, dtype=str)[None, :]
     sim = np.asarray(sim, dtype=np.float64)
     return sim[same], sim[~same]
+
+
+def _as_scores(genuine, impostor) -> tuple[np.ndarray, np.ndarray]:
+    g, i = np.asarray(genuine), np.asarray(impostor)
+    dt = np.result_type(g.dtype if g.dtype.kind == "f" else np.float64, i.dtype if i.dtype.kind == "f" else np.float64)
+    return np.sort(g.astype(dt, copy=False).ravel()), np.sort(i.astype(dt, copy=False).ravel())
+
+
+def _tar_sorted(g: np.ndarray, imp: np.ndarray, fars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TAR and achieved FAR at each requested far (g, imp sorted ascending; far * len(imp) >= 1)."""
+    n = len(imp)
+    k = np.floor(np.asarray(fars, np.float64) * n).astype(np.int64)  # k-th highest (0-based) is the threshold
+    thr_idx = n - 1 - k
+    thr = np.where(thr_idx >= 0, imp[np.clip(thr_idx, 0, n - 1)], -np.inf)
+    tar = (len(g) - np.searchsorted(g, thr, side="right")) / len(g)
+    far = (n - np.searchsorted(imp, thr, side="right")) / n
+    return tar, far
 
 
 def tar_at_far(
     genuine: np.ndarray, impostor: np.ndarray, fars: Sequence[float] = FARS
 ) -> dict[float, float | None]:
-    """True accept rate at each false accept rate. The threshold is the lowest
-    score that accepts at most ``far`` of the impostors (score > threshold);
-    None where there are too few impostor pairs to measure that FAR."""
-    genuine = np.asarray(genuine, dtype=np.float64)
-    imp = np.sort(np.asarray(impostor, dtype=np.float64))[::-1]
-    out: dict[float, float | None] = {}
-    for far in fars:
-        k = int(np.floor(far * len(imp)))
-        if len(genuine) == 0 or len(imp) == 0 or far * len(imp) < 1:
-            out[far] = None
-            continue
-        thr = imp[k] if k < len(imp) else -np.inf
-        out[far] = float(np.mean(genuine > thr))
-    return out
+    """True accept rate at each false accept rate. A pair is accepted when its
+    score is ``>`` the threshold, the ``floor(far * n) + 1``-th highest of the
+    ``n`` impostor scores (so at most ``far`` of the impostors are accepted);
+    None where there are too few impostor pairs (``far * n < 1``) or no genuine pairs."""
+    return verification(genuine, impostor, fars, roc_points=2)["tar_at_far"]
+
+
+def roc_curve(genuine: np.ndarray, impostor: np.ndarray, num: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """ROC points ``(far, tar)`` on a log grid of FAR from ``1/n_impostor`` to 1,
+    with the same threshold rule as :func:`tar_at_far`; ``far`` is the rate
+    actually achieved (points with far 0 are dropped). Empty when either side is empty."""
+    return verification(genuine, impostor, (), roc_points=num)["roc"]
 
 
 def roc_auc(genuine: np.ndarray, impostor: np.ndarray) -> float | None:
-    """P(genuine score > impostor score), ties counting half (Mann-Whitney U)."""
-    g = np.asarray(genuine, dtype=np.float64)
-    i = np.asarray(impostor, dtype=np.float64)
-    if len(g) == 0 or len(i) == 0:
-        return None
-    allv = np.concatenate([g, i])
-    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
-    # average rank (1-based) of each distinct value
-    ends = np.cumsum(counts)
-    avg = ends - (counts - 1) / 2.0
-    ranks = avg[inv]
-    u = ranks[: len(g)].sum() - len(g) * (len(g) + 1) / 2.0
-    return float(u / (len(g) * len(i)))
+    """P(genuine score > impostor score), ties counting half (Mann-Whitney U).
+    Sorts the impostors once and counts with binary search: O((G + I) log I),
+    no pairwise matrix, so tens of millions of impostor pairs are fine."""
+    return verification(genuine, impostor, (), roc_points=2)["auc"]
+
+
+def verification(
+    genuine: np.ndarray, impostor: np.ndarray, fars: Sequence[float] = FARS, roc_points: int = 200
+) -> dict:
+    """:func:`tar_at_far`, :func:`roc_auc`, :func:`roc_curve` and the thresholds
+    of each FAR, sorting the scores once (the impostors may be tens of millions)."""
+    g, imp = _as_scores(genuine, impostor)
+    out: dict = {"tar_at_far": {}, "threshold": {}, "auc": None, "roc": (np.zeros(0), np.zeros(0))}
+    if len(g) == 0 or len(imp) == 0:
+        out["tar_at_far"] = {f: None for f in fars}
+        out["threshold"] = {f: None for f in fars}
+        return out
+    for far in fars:
+        ok = far * len(imp) >= 1
+        k = int(np.floor(far * len(imp)))
+        out["tar_at_far"][far] = float(_tar_sorted(g, imp, np.array([far]))[0][0]) if ok else None
+        out["threshold"][far] = float(imp[len(imp) - 1 - k]) if ok and k < len(imp) else None
+    less = np.searchsorted(imp, g, side="left")
+    leq = np.searchsorted(imp, g, side="right")
+    u = float(np.sum(less, dtype=np.float64)) + 0.5 * float(np.sum(leq - less, dtype=np.float64))
+    out["auc"] = u / (len(g) * len(imp))
+    grid = np.unique(np.logspace(np.log10(1.0 / len(imp)), 0.0, max(2, roc_points)))
+    tar, far = _tar_sorted(g, imp, grid)
+    out["roc"] = (far[far > 0], tar[far > 0])
+    return out
+
+
+@dataclass
+class MatchResult:
+    """Everything evaluate needs from one probes x gallery comparison.
+
+    Per probe (length P): ``ranks`` (0 = no mate in the gallery), the best
+    mate image (``mate_index``, ``mate_score``; -1 / nan without a mate) and
+    the best non-mate image (``top_index``, ``top_score``: the wrong match
+    ranked highest). Gallery indices are positions in the gallery passed to
+    :func:`match`. ``genuine`` and ``impostor`` hold every pair score, probe by
+    probe; probe ``i``'s are ``genuine[gen_offsets[i]:gen_offsets[i + 1]]``
+    (likewise ``imp_offsets``).
+    """
+
+    ranks: np.ndarray
+    n_identities: int
+    mate_index: np.ndarray
+    mate_score: np.ndarray
+    top_index: np.ndarray
+    top_score: np.ndarray
+    genuine: np.ndarray
+    impostor: np.ndarray
+    gen_offsets: np.ndarray
+    imp_offsets: np.ndarray
+
+    def cmc(self, rows: np.ndarray | None = None, max_rank: int | None = None) -> tuple[np.ndarray, int]:
+        ranks = self.ranks if rows is None else self.ranks[rows]
+        n = max(self.n_identities, 1)
+        return cmc_from_ranks(ranks, n if max_rank is None else min(max_rank, n))
+
+    def pairs(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(genuine, impostor)`` scores of the probes ``rows`` (all by default)."""
+        if rows is None:
+            return self.genuine, self.impostor
+
+        def take(x, off):
+            parts = [x[off[r] : off[r + 1]] for r in np.asarray(rows, dtype=np.int64)]
+            return np.concatenate(parts) if parts else x[:0]
+
+        return take(self.genuine, self.gen_offsets), take(self.impostor, self.imp_offsets)
+
+
+def match(
+    probe_emb: np.ndarray,
+    gallery_emb: np.ndarray,
+    probe_ids: Sequence[str],
+    gallery_ids: Sequence[str],
+    block_bytes: int = 256 << 20,
+) -> MatchResult:
+    """Cosine-match probes against the gallery, a block of probe rows at a time.
+
+    Scores are float32. Memory: about ``block_bytes`` for the working block
+    plus 4 bytes per probe/gallery pair for the stored pair scores (160 MB at
+    2,000 x 20,000), which the verification metrics need.
+    """
+    p = np.asarray(probe_emb, dtype=np.float32)
+    g = np.asarray(gallery_emb, dtype=np.float32)
+    if p.ndim != 2 or g.ndim != 2 or (len(p) and len(g) and p.shape[1] != g.shape[1]):
+        raise ValueError(f"expected [P, D] and [G, D] embeddings, got {p.shape} and {g.shape}")
+    if len(p) != len(probe_ids) or len(g) != len(gallery_ids):
+        raise ValueError(f"{len(p)} probe and {len(g)} gallery embeddings for "
+                         f"{len(probe_ids)} probe and {len(gallery_ids)} gallery ids")
+    P, G = len(p), len(g)
+    gal = _Gallery(gallery_ids)
+    codes = gal.probe_codes(probe_ids)
+    ranks = np.zeros(P, np.int64)
+    mate_index = np.full(P, -1, np.int64)
+    top_index = np.full(P, -1, np.int64)
+    mate_score = np.full(P, np.nan, np.float32)
+    top_score = np.full(P, np.nan, np.float32)
+    per_code = np.bincount(gal.codes, minlength=len(gal.ids)) if G else np.zeros(0, np.int64)
+    n_gen = np.where(codes >= 0, per_code[np.maximum(codes, 0)] if G else 0, 0).astype(np.int64)
+    gen_offsets = np.r_[0, np.cumsum(n_gen)].astype(np.int64)
+    imp_offsets = np.r_[0, np.cumsum(G - n_gen)].astype(np.int64)
+    # filled in place, block by block: no second copy of the pair scores
+    genuine = np.empty(int(gen_offsets[-1]), np.float32)
+    impostor = np.empty(int(imp_offsets[-1]), np.float32)
+    if P and G:
+        p, gs = _normalize(p), _normalize(g)[gal.order]
+        # working set per probe row: the block, its mask and two masked copies
+        rows = int(max(1, min(P, block_bytes // max(1, G * 13))))
+        for a in range(0, P, rows):
+            b = min(P, a + rows)
+            s = p[a:b] @ gs.T
+            c = codes[a:b]
+            ranks[a:b] = _ranks(gal.per_identity(s), c)
+            mask = gal.codes[None, :] == c[:, None]
+            genuine[gen_offsets[a] : gen_offsets[b]] = s[mask]
+            impostor[imp_offsets[a] : imp_offsets[b]] = s[~mask]
+            r = np.arange(b - a)
+            t = np.where(mask, -np.inf, s).argmax(axis=1)
+            ok = n_gen[a:b] < G
+            top_index[a:b] = np.where(ok, gal.order[t], -1)
+            top_score[a:b] = np.where(ok, s[r, t], np.nan)
+            m = np.where(mask, s, -np.inf).argmax(axis=1)
+            has = c >= 0
+            mate_index[a:b] = np.where(has, gal.order[m], -1)
+            mate_score[a:b] = np.where(has, s[r, m], np.nan)
+            del s, mask
+    return MatchResult(ranks, len(gal.ids), mate_index, mate_score, top_index, top_score,
+                       genuine, impostor, gen_offsets, imp_offsets)

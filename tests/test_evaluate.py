@@ -1,4 +1,6 @@
-"""Metrics and the evaluate pipeline."""
+"""The evaluate pipeline: report.json, report.md, figures, subsets, worst failures, baselines.
+
+Metrics on hand-computed cases are in test_metrics.py."""
 
 from __future__ import annotations
 
@@ -8,55 +10,22 @@ import numpy as np
 import pytest
 
 import c4s_core
-from c4s_core import metrics
 from c4s_core.data.io import save_image
 from c4s_core.pipelines import evaluate
 
 
-def test_cosine_similarity():
-    a = np.array([[1.0, 0.0], [0.0, 2.0]])
-    np.testing.assert_allclose(metrics.cosine_similarity(a, a), np.eye(2))
-
-
-def test_cmc_with_distractors_and_ties():
-    sim = np.array([
-        [0.9, 0.1, 0.95, 0.0],   # probe a: distractor d1 beats its mate -> rank 2
-        [0.2, 0.8, 0.1, 0.3],    # probe b: rank 1
-        [0.5, 0.5, 0.5, 0.5],    # probe c: not in gallery -> left out
-    ])
-    curve, used = metrics.cmc(sim, ["a", "b", "c"], ["a", "b", "d1", "d2"])
-    assert used == 2
-    np.testing.assert_allclose(curve, [0.5, 1.0, 1.0, 1.0])
-    # an identity's score is its best image; a tie counts against the probe
-    curve, _ = metrics.cmc(np.array([[0.3, 0.7, 0.7]]), ["a"], ["a", "a", "b"])
-    assert curve[0] == 0.0 and curve[1] == 1.0
-
-
-def test_tar_at_far_and_auc():
-    gen = np.array([0.9, 0.8, 0.7, 0.2])
-    imp = np.linspace(0.0, 0.6, 1000)
-    tar = metrics.tar_at_far(gen, imp)
-    assert tar[1e-1] == 0.75 and tar[1e-3] == 0.75
-    assert metrics.tar_at_far(gen, imp[:50])[1e-3] is None  # too few impostors to measure
-    assert metrics.roc_auc([1.0, 2.0], [0.0, 0.5]) == 1.0
-    assert metrics.roc_auc([0.5], [0.5]) == 0.5
-    rng = np.random.default_rng(0)
-    g, i = rng.normal(1, 1, 300), rng.normal(0, 1, 400)
-    brute = np.mean(g[:, None] > i[None, :]) + 0.5 * np.mean(g[:, None] == i[None, :])
-    assert abs(metrics.roc_auc(g, i) - brute) < 1e-12
-
-
-def make_pairs(root, n=6):
+def make_pairs(root, n=6, names=None):
     """Smooth random 'faces'; the sketch is an inverted grey copy with a little noise."""
     rng = np.random.default_rng(0)
-    for k in range(n):
+    names = names or [f"id{k}" for k in range(n)]
+    for name in names:
         base = rng.normal(size=(12, 10, 3))
         img = np.kron(base, np.ones((10, 10, 1)))
         photo = np.clip(128 + 50 * img, 0, 255).astype(np.uint8)
         gray = photo.mean(axis=2, keepdims=True).repeat(3, axis=2)
         sketch = np.clip(255 - gray + rng.normal(0, 5, gray.shape), 0, 255).astype(np.uint8)
-        save_image(root / "photos" / f"id{k}.png", photo)
-        save_image(root / "sketches" / f"id{k}.png", sketch)
+        save_image(root / "photos" / f"{name}.png", photo)
+        save_image(root / "sketches" / f"{name}.png", sketch)
     return root
 
 
@@ -110,3 +79,143 @@ def test_dlib_resnet_is_robust_to_misaligned_sketches(cufs, tmp_path):
         rank1[bb] = evaluate.run(cfg, progress=False)["rank"]["1"]
     assert rank1["dlib_resnet"] >= 0.55, rank1
     assert rank1["dlib_resnet"] >= rank1["hog"] + 0.3, rank1
+
+
+def paired(root):
+    return {"name": "paired_folder", "options": {"root": str(root)}}
+
+
+def swap_sketch(root, victim, other):
+    """The victim's probe becomes a copy of another identity's sketch: it must fail."""
+    (root / "sketches" / f"{victim}.png").write_bytes((root / "sketches" / f"{other}.png").read_bytes())
+
+
+def assert_real_png(path, min_kb=5):
+    from PIL import Image
+
+    assert path.is_file(), path
+    assert path.stat().st_size > min_kb * 1024, (path, path.stat().st_size)
+    a = np.asarray(Image.open(path).convert("L"), np.float32)
+    assert a.std() > 10, (path, a.std())  # not blank
+    return a
+
+
+def test_report_md_figures_and_worst_failure(tmp_path):
+    data = make_pairs(tmp_path / "data", n=10)
+    swap_sketch(data, "id3", "id7")
+    out = tmp_path / "out"
+    rep = evaluate.run(evaluate.Config(probes=paired(data), gallery=paired(data), out=out, worst=5), progress=False)
+    # the swapped probe is the worst failure: its top match is the identity it was copied from
+    w = rep["worst_failures"]
+    assert w and w[0]["probe"] == "id3" and w[0]["top_identity"] == "id7" and w[0]["rank"] > 1, w
+    assert w[0]["top_score"] > w[0]["mate_score"] and w[0]["probe_path"].endswith("id3.png")
+    assert all(a["rank"] >= b["rank"] for a, b in zip(w, w[1:], strict=False))
+    assert rep["rank"]["1"] <= 0.9  # at least id3 missed
+    for name in ("cmc.png", "roc.png", "scores.png"):
+        assert_real_png(out / name)
+    sheet = assert_real_png(out / "worst_failures.png", min_kb=2)
+    assert sheet.shape[0] > 128 * len(w) and sheet.shape[1] > 3 * 128  # one row per failure, three columns
+    md = (out / "report.md").read_text()
+    for s in ("| rank-1 |", "| TAR@FAR=1e-01 |", "| AUC |", "![cmc](cmc.png)", "![roc](roc.png)",
+              "![scores](scores.png)", "worst_failures.png", "| 1 | id3 |"):
+        assert s in md, s
+    assert "baseline" not in md.lower()  # no baseline asked for
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["files"]["worst_failures"] == "worst_failures.png" and len(saved["cmc"]) == 10
+    assert saved["roc"]["far"] and all(0 < f <= 1 for f in saved["roc"]["far"])
+
+
+def test_per_subset_metrics_from_name_prefix(tmp_path):
+    names = [f"ar_{k}" for k in range(6)] + [f"cu_{k}" for k in range(6)]
+    data = make_pairs(tmp_path / "data", names=names)
+    swap_sketch(data, "cu_2", "cu_4")  # one failure, in the cu subset only
+    cfg = evaluate.Config(probes=paired(data), gallery=paired(data), out=tmp_path / "out",
+                          subset_pattern=r"^(?P<subset>[a-z]+)_")
+    rep = evaluate.run(cfg, progress=False)
+    sub = rep["subsets"]
+    assert set(sub) == {"ar", "cu"} and sub["ar"]["probes"] == sub["cu"]["probes"] == 6
+    assert sub["cu"]["rank"]["1"] < sub["ar"]["rank"]["1"]
+    assert rep["worst_failures"][0]["subset"] == "cu"
+    # the subsets partition the probes: their rank-1 average back to the total
+    total = sum(m["rank"]["1"] * m["probes_used"] for m in sub.values()) / rep["counts"]["probes_used"]
+    assert total == pytest.approx(rep["rank"]["1"])
+    for m in sub.values():  # each subset's probes against the whole gallery of 12
+        assert m["rank"]["1"] <= m["rank"]["5"] <= m["rank"]["10"] <= 1.0 and 0 <= m["auc"] <= 1
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Per subset" in md and "| ar | 6 |" in md and "| cu | 6 |" in md
+    # no pattern, no meta: no subsets
+    rep = evaluate.run(cfg.model_copy(update={"subset_pattern": None, "out": tmp_path / "o2"}), progress=False)
+    assert rep["subsets"] == {} and "Per subset" not in (tmp_path / "o2" / "report.md").read_text()
+
+
+def test_subset_labels_prefer_dataset_meta():
+    from c4s_core.data.datasets import Sample
+
+    im = np.zeros((4, 4, 3), np.uint8)
+    samples = [Sample(im, "AR_1", "sketch", meta={"subset": "set1"}), Sample(im, "XM2VTS_2", "sketch"),
+               Sample(im, "9", "sketch")]
+    labels, source = evaluate._subsets(samples, r"^(?P<subset>[^_]+)_")
+    assert labels == ["set1", "XM2VTS", "other"] and "meta" in source and "subset_pattern" in source
+    assert evaluate._subsets(samples[1:], None) == ([None, None], None)
+
+
+class PixelBackbone:
+    """Raw grey pixels, mean-removed: a deliberately poor test backbone."""
+
+    name = "pixels"
+    color_order = "RGB"
+    input_size = (16, 16)
+    embedding_dim = 256
+
+    class Config(c4s_core.ComponentConfig):
+        pass
+
+    def __init__(self, config):
+        self.config = config
+
+    def embed(self, images):
+        x = np.stack([np.asarray(im, np.float32).mean(axis=2).ravel() for im in images])
+        return x - x.mean(axis=1, keepdims=True)
+
+
+def test_compare_with_hog_and_with_a_baseline_report(tmp_path):
+    from c4s_core.registry import Origin
+
+    c4s_core.get_registries().backbone.register(PixelBackbone, origin=Origin("test"))
+    data = make_pairs(tmp_path / "data", n=8)
+    ds = paired(data)
+    out = tmp_path / "pixels"
+    rep = evaluate.run(evaluate.Config(probes=ds, gallery=ds, backbone={"name": "pixels"}, out=out,
+                                       compare_with_hog=True), progress=False)
+    b = rep["baseline"]
+    # inverted-grey sketches: raw pixels anti-correlate with the photo, HOG's gradients do not
+    assert b["backbone"] == "hog" and b["rank"]["1"] > rep["rank"]["1"], (b["rank"], rep["rank"])
+    assert b["verdict"] == "does not beat"
+    md = (out / "report.md").read_text()
+    assert "**pixels does not beat the HOG baseline** on the same data" in md and "| HOG baseline |" in md
+    assert_real_png(out / "cmc.png")
+    # the other way round, from the saved report.json
+    rep2 = evaluate.run(evaluate.Config(probes=ds, gallery=ds, out=tmp_path / "hog", baseline=out / "report.json"),
+                        progress=False)
+    assert rep2["baseline"]["verdict"] == "beats"
+    assert "**hog beats the baseline (pixels)**" in (tmp_path / "hog" / "report.md").read_text()
+    # compare_with_hog on HOG itself: nothing to compare, said so
+    rep3 = evaluate.run(evaluate.Config(probes=ds, gallery=ds, out=tmp_path / "h3", compare_with_hog=True),
+                        progress=False)
+    assert "baseline" not in rep3 and "HOG itself" in rep3["baseline_note"]
+
+
+def test_config_checks_subset_pattern_and_baseline(tmp_path):
+    with pytest.raises(Exception, match="named group 'subset'"):
+        evaluate.Config(subset_pattern="^([a-z]+)")
+    with pytest.raises(Exception, match="not a valid regular expression"):
+        evaluate.Config(subset_pattern="^(?P<subset>[a-z+")
+    with pytest.raises(Exception, match="not both"):
+        evaluate.Config(baseline=tmp_path / "r.json", compare_with_hog=True)
+    from c4s_core.errors import DataError
+
+    with pytest.raises(DataError, match="r.json: file not found"):
+        evaluate.run(evaluate.Config(baseline=tmp_path / "r.json", out=tmp_path / "o"), progress=False)
+    (tmp_path / "r.json").write_text('{"rank": {}}')
+    with pytest.raises(DataError, match="lacks tar_at_far, auc"):
+        evaluate.run(evaluate.Config(baseline=tmp_path / "r.json", out=tmp_path / "o"), progress=False)

@@ -23,6 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import DataError, ImageReadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 MAX_PIXELS = 64_000_000  # ~8000x8000; larger is almost surely not a face image
 
 
@@ -92,6 +94,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException as err:
         try:

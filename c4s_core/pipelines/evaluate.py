@@ -1,10 +1,34 @@
 """Evaluate a matcher: probes (sketches) against a gallery (photos + distractors).
 
-Each image is aligned by the ``aligner``, resized to the backbone's
-``input_size`` and embedded; probes are ranked against gallery identities by
-cosine similarity. Writes ``OUT/report.json`` (rank-1/5/10/20, TAR at FAR
-1e-1/1e-2/1e-3, ROC AUC, counts including images without a face and
-unreadable files), ``OUT/cmc.png`` and ``OUT/config.yaml``.
+Each image is read, aligned by the ``aligner`` and embedded once by the
+``backbone`` (any registered backbone: built-ins, a trained matcher, an ONNX
+file through its plugin; only ``embed(list of uint8 RGB arrays)``,
+``input_size`` and ``embedding_dim`` are used). Probes are ranked against
+gallery identities by cosine similarity, computed block by block so that
+thousands x tens of thousands stay within memory (``block_mb``).
+
+Writes to ``OUT``:
+
+- ``report.json``: rank-1/5/10/20, TAR at FAR 1e-1/1e-2/1e-3, ROC AUC, the CMC
+  and ROC points, counts (including images without a face and unreadable
+  files), per-subset metrics, the worst failures and the baseline comparison;
+- ``report.md``: the same as a readable page with the figures below and, when
+  ``baseline`` or ``compare_with_hog`` is set, a plain sentence saying whether
+  the backbone beats the baseline;
+- ``cmc.png``, ``roc.png`` (log FAR), ``scores.png`` (genuine/impostor
+  histograms), ``worst_failures.png`` (probe, top wrong match, true mate);
+- ``config.yaml`` / ``run.json`` (rerun with ``--config``).
+
+Subsets: a probe's subset is its sample's ``meta["subset"]`` when the dataset
+provides one, else the named group ``subset`` of ``subset_pattern`` searched in
+its identity (probes it does not match fall in ``other``). For CUFS names
+(``AR_100``, ``CUHK_student_1``, ``XM2VTS_103``) use
+``subset_pattern: "^(?P<subset>[^_]+)_"`` to get AR, CUHK and XM2VTS. Each
+subset's metrics rank its probes against the whole gallery.
+
+Ties (see :mod:`c4s_core.metrics`) count against the matcher: a mate tied with
+another identity is ranked behind it; a genuine score equal to a FAR threshold
+is rejected.
 
 ``perturb`` applies a small random similarity (shift, scale, rotation; seeded)
 to every probe before alignment: a robustness check for aligners and backbones.
@@ -12,14 +36,16 @@ to every probe before alignment: a robustness check for aligners and backbones.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from ..config import C4SModel, ComponentSpec
 
 RANKS = (1, 5, 10, 20)
+CURVE_POINTS = 100  # CMC points kept in report.json
 
 
 class Perturb(C4SModel):
@@ -58,6 +84,40 @@ class Config(C4SModel):
     )
     perturb: Perturb | None = Field(None, description="Random shift/scale/rotation applied to the probes.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per align/embed batch.")
+    subset_pattern: str | None = Field(
+        None,
+        description="Regex searched in each probe identity without meta['subset']; its named group 'subset' "
+        "is the probe's subset (unmatched: 'other'). CUFS: '^(?P<subset>[^_]+)_' gives AR, CUHK, XM2VTS.",
+    )
+    baseline: Path | None = Field(
+        None, description="report.json of an earlier evaluate run (e.g. HOG) to compare with in report.md."
+    )
+    compare_with_hog: bool = Field(
+        False, description="Also embed the same aligned images with HOG and say in report.md whether the backbone beats it."
+    )
+    worst: int = Field(12, ge=0, le=200, description="Rows of the worst-failures contact sheet (0: none).")
+    block_mb: int = Field(
+        256, ge=8, le=16384, description="Memory for one block of the similarity matrix, in MiB (pair scores come on top: 4 bytes each)."
+    )
+
+    @field_validator("subset_pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            rx = re.compile(v)
+        except re.error as err:
+            raise ValueError(f"subset_pattern {v!r} is not a valid regular expression: {err}") from None
+        if "subset" not in rx.groupindex:
+            raise ValueError(f"subset_pattern {v!r} needs a named group 'subset', e.g. '^(?P<subset>[^_]+)_'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_baseline(self):
+        if self.baseline is not None and self.compare_with_hog:
+            raise ValueError("set either baseline (a report.json) or compare_with_hog: true, not both")
+        return self
 
 
 def _select(ds, modality: str, ids: set[str] | None, on_error: str):
@@ -79,6 +139,48 @@ def _ids(ds, modality: str) -> list[str]:
     return sorted({ds[i].identity for i in range(len(ds)) if ds[i].modality == modality})
 
 
+def _load_baseline(path: Path) -> dict[str, Any]:
+    import json
+
+    from ..errors import DataError
+
+    try:
+        rep = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"baseline {path}: file not found (give the report.json of an earlier `c4s evaluate`)") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"baseline {path}: cannot read it as JSON ({err})") from None
+    missing = [k for k in ("rank", "tar_at_far", "auc") if not isinstance(rep, dict) or k not in rep]
+    if missing:
+        raise DataError(f"baseline {path}: not an evaluate report.json (lacks {', '.join(missing)})")
+    return rep
+
+
+def _subsets(samples, pattern: str | None) -> tuple[list[str | None], str | None]:
+    """Each probe's subset label and a sentence on where the labels came from."""
+    rx = re.compile(pattern) if pattern else None
+    labels, from_meta, from_rx = [], 0, 0
+    for s in samples:
+        lab = (s.meta or {}).get("subset")
+        if lab is not None:
+            from_meta += 1
+        elif rx is not None:
+            m = rx.search(str(s.identity))
+            lab = m.group("subset") if m and m.group("subset") else "other"
+            from_rx += 1
+        labels.append(None if lab is None else str(lab))
+    if not from_meta and not from_rx:
+        return labels, None
+    if from_meta and any(lab is None for lab in labels):
+        labels = [lab if lab is not None else "other" for lab in labels]
+    src = []
+    if from_meta:
+        src.append(f"the dataset's meta['subset'] ({from_meta} probes)")
+    if from_rx:
+        src.append(f"subset_pattern {pattern!r} on probe identities ({from_rx} probes)")
+    return labels, " and ".join(src)
+
+
 def run(config: Config, progress: bool = True) -> dict[str, Any]:
     import time
 
@@ -86,6 +188,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
     from .. import metrics
+    from .. import report as rp
     from ..align import perturb_image, summarize
     from ..data.io import resize
     from ..errors import DataError
@@ -93,6 +196,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     from .common import prepare_out, save_run_config, write_json
 
     t0 = time.time()
+    base_file = _load_baseline(config.baseline) if config.baseline is not None else None
     out = prepare_out(config.out)
     regs = get_registries()
     save_run_config(out, "evaluate", config)
@@ -123,53 +227,79 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         rng = np.random.default_rng(p.seed)
         probe_images = [perturb_image(im, rng, p.shift, p.scale, p.rotate) for im in probe_images]
 
-    size = tuple(backbone.input_size)
-    backbone_no_face = 0
+    bs = config.batch_size
 
-    def embed(images, names, desc):
-        nonlocal backbone_no_face
-        results, embs = [], []
-        bs = config.batch_size
-        for i in tqdm(range(0, len(images), bs), desc=desc, disable=not progress, unit="batch"):
-            res = aligner.align(images[i : i + bs], names[i : i + bs])
-            results += res
-            crops = [resize(r.image, size) for r in res if r.image is not None]
-            if crops:
-                embs.append(np.asarray(backbone.embed(crops), np.float32))
-                backbone_no_face += int(getattr(backbone, "last_no_face", 0) or 0)
-        keep = [k for k, r in enumerate(results) if r.image is not None]
-        dim = int(backbone.embedding_dim)
-        return (np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)), keep, results
+    def align(images, names, desc):
+        results = []
+        for i in tqdm(range(0, len(images), bs), desc=f"align {desc}", disable=not progress, unit="batch"):
+            results += aligner.align(images[i : i + bs], names[i : i + bs])
+        return results, [k for k, r in enumerate(results) if r.image is not None]
 
     def names_of(samples, prefix):
         return [s.path or f"{prefix} #{k} ({s.identity})" for k, s in enumerate(samples)]
 
-    pe, pkeep, pres = embed(probe_images, names_of(probes, "probe"), "probes")
-    ge, gkeep, gres = embed([s.image for s in gallery], names_of(gallery, "gallery"), "gallery")
-    de, dkeep, dres = embed([s.image for s in distractors], names_of(distractors, "distractor"), "distractors")
+    pres, pkeep = align(probe_images, names_of(probes, "probe"), "probes")
+    gres, gkeep = align([s.image for s in gallery], names_of(gallery, "gallery"), "gallery")
+    dres, dkeep = align([s.image for s in distractors], names_of(distractors, "distractor"), "distractors")
+    del probe_images
 
+    # one list of aligned crops: kept probes, then kept gallery, then kept distractors
+    crops = [pres[k].image for k in pkeep] + [gres[k].image for k in gkeep] + [dres[k].image for k in dkeep]
+    n_p = len(pkeep)
     probe_ids = [probes[k].identity for k in pkeep]
     gallery_ids = [gallery[k].identity for k in gkeep] + [f"distractor/{distractors[k].identity}" for k in dkeep]
-    gal = np.concatenate([ge, de]) if len(de) else ge
-    sim = metrics.cosine_similarity(pe, gal) if len(pe) and len(gal) else np.zeros((len(pe), len(gal)))
-    curve, used = metrics.cmc(sim, probe_ids, gallery_ids)
-    gen, imp = metrics.pair_scores(sim, probe_ids, gallery_ids)
-    tar = metrics.tar_at_far(gen, imp)
-    auc = metrics.roc_auc(gen, imp)
+    gal_paths = [gallery[k].path for k in gkeep] + [distractors[k].path for k in dkeep]
+    block = config.block_mb << 20
 
-    def at(k):
-        return float(curve[min(k, len(curve)) - 1]) if used else None
+    def embed_and_match(bb, label):
+        """Embed every kept crop once with ``bb``, then match probes to the gallery."""
+        size = tuple(bb.input_size)
+        no_face, embs = 0, []
+        for i in tqdm(range(0, len(crops), bs), desc=f"embed ({label})", disable=not progress, unit="batch"):
+            batch = [resize(c, size) for c in crops[i : i + bs]]
+            embs.append(np.asarray(bb.embed(batch), np.float32))
+            no_face += int(getattr(bb, "last_no_face", 0) or 0)
+        e = np.concatenate(embs) if embs else np.zeros((0, int(bb.embedding_dim)), np.float32)
+        if len(e) != len(crops):
+            raise DataError(f"backbone {label!r} returned {len(e)} embeddings for {len(crops)} images")
+        return metrics.match(e[:n_p], e[n_p:], probe_ids, gallery_ids, block_bytes=block), no_face
 
-    report = {
+    res, backbone_no_face = embed_and_match(backbone, config.backbone.name)
+
+    def summary(r, rows=None) -> dict[str, Any]:
+        curve, used = r.cmc(rows)
+        gen, imp = r.pairs(rows)
+        v = metrics.verification(gen, imp)
+
+        def at(k):
+            return float(curve[min(k, len(curve)) - 1]) if used else None
+
+        return {
+            "probes_used": used,
+            "rank": {str(k): at(k) for k in RANKS},
+            "tar_at_far": {f"{f:.0e}": t for f, t in v["tar_at_far"].items()},
+            "auc": v["auc"],
+            "_curve": curve if used else np.zeros(0),
+            "_v": v,
+            "_pairs": (gen, imp),
+        }
+
+    main = summary(res)
+    v = main["_v"]
+    gen, imp = main["_pairs"]
+    report: dict[str, Any] = {
         "backbone": config.backbone.name,
         "aligner": config.aligner.name,
-        "rank": {str(k): at(k) for k in RANKS},
-        "tar_at_far": {f"{f:.0e}": v for f, v in tar.items()},
-        "auc": auc,
+        "rank": main["rank"],
+        "tar_at_far": main["tar_at_far"],
+        "auc": main["auc"],
+        "thresholds": {f"{f:.0e}": t for f, t in v["threshold"].items()},
+        "cmc": [round(float(x), 6) for x in main["_curve"][:CURVE_POINTS]],
+        "roc": {"far": [float(x) for x in v["roc"][0]], "tar": [float(x) for x in v["roc"][1]]},
         "counts": {
             "probes": len(probes),
-            "probes_used": used,
-            "probes_without_mate": len(pkeep) - used,
+            "probes_used": main["probes_used"],
+            "probes_without_mate": n_p - main["probes_used"],
             "gallery": len(gallery),
             "distractors": len(distractors),
             "gallery_identities": len(set(gallery_ids)),
@@ -182,31 +312,95 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         },
         "skipped_files": [{"path": p, "reason": r} for p, r in skipped_files],
         "perturb": config.perturb.model_dump() if config.perturb else None,
-        "seconds": round(time.time() - t0, 2),
-        "out": str(out),
     }
+
+    # per subset
+    labels, source = _subsets([probes[k] for k in pkeep], config.subset_pattern)
+    report["subset_source"] = source
+    report["subsets"] = {}
+    if source is not None:
+        lab = np.array([x or "other" for x in labels], dtype=object)
+        for name in sorted(set(lab)):
+            rows = np.flatnonzero(lab == name)
+            s = summary(res, rows)
+            report["subsets"][name] = {"probes": int(len(rows)),
+                                       **{k: x for k, x in s.items() if not k.startswith("_")}}
+
+    # worst failures: lowest mate rank first, then largest (top wrong - mate) margin
+    failed = np.flatnonzero(res.ranks > 1)
+    margin = (res.top_score - res.mate_score).astype(np.float64)
+    order = failed[np.lexsort((-margin[failed], -res.ranks[failed]))][: config.worst]
+    worst = []
+    for i in order:
+        t, m = int(res.top_index[i]), int(res.mate_index[i])
+        worst.append({
+            "probe": probe_ids[i], "probe_path": probes[pkeep[i]].path,
+            "subset": labels[i] if source else None, "rank": int(res.ranks[i]),
+            "mate_score": float(res.mate_score[i]), "mate_path": gal_paths[m],
+            "top_identity": gallery_ids[t], "top_score": float(res.top_score[i]), "top_path": gal_paths[t],
+            "margin": float(margin[i]),
+        })
+    report["worst_failures"] = worst
+
+    # baseline: an earlier report, or HOG on the same aligned crops
+    base_curves, base_label = None, None
+    if config.compare_with_hog:
+        if getattr(backbone, "name", None) == "hog":
+            report["baseline_note"] = "compare_with_hog: the backbone is HOG itself; nothing to compare."
+        else:
+            hres, _ = embed_and_match(regs.backbone.build("hog"), "hog")
+            h = summary(hres)
+            base_file = {"backbone": "hog", "source": "compare_with_hog (same aligned images)",
+                         "rank": h["rank"], "tar_at_far": h["tar_at_far"], "auc": h["auc"],
+                         "cmc": [round(float(x), 6) for x in h["_curve"][:CURVE_POINTS]],
+                         "roc": {"far": [float(x) for x in h["_v"]["roc"][0]],
+                                 "tar": [float(x) for x in h["_v"]["roc"][1]]},
+                         "counts": {"probes_used": h["probes_used"], "gallery_identities": len(set(gallery_ids))}}
+    if base_file is not None:
+        verdict, sentence = rp.compare_sentence(report, base_file)
+        report["baseline"] = {
+            "backbone": base_file.get("backbone"),
+            "source": base_file.get("source", str(config.baseline)),
+            "rank": base_file["rank"], "tar_at_far": base_file["tar_at_far"], "auc": base_file["auc"],
+            "counts": {k: base_file.get("counts", {}).get(k) for k in ("probes_used", "gallery_identities")},
+            "verdict": verdict, "sentence": sentence,
+        }
+        base_label = f"{base_file.get('backbone', 'baseline')} (baseline)"
+        base_curves = (base_file.get("cmc"), base_file.get("roc"))
+
+    # figures
+    files: dict[str, str] = {}
+    label = f"{config.backbone.name} / {config.aligner.name}"
+    if main["probes_used"]:
+        curves = {label: main["_curve"]}
+        if base_curves and base_curves[0]:
+            curves[base_label] = base_curves[0]
+        rp.plot_cmc(curves, out / "cmc.png")
+        files["cmc"] = "cmc.png"
+    if len(gen) and len(imp):
+        rocs = {label: v["roc"]}
+        if base_curves and base_curves[1] and base_curves[1].get("far"):
+            rocs[base_label] = (np.asarray(base_curves[1]["far"]), np.asarray(base_curves[1]["tar"]))
+        rp.plot_roc(rocs, out / "roc.png")
+        files["roc"] = "roc.png"
+        thr = {f"FAR={k}": t for k, t in report["thresholds"].items() if t is not None}
+        rp.plot_scores(gen, imp, out / "scores.png", f"pair scores: {label}", thr)
+        files["scores"] = "scores.png"
+    if worst:
+        g0 = n_p  # gallery crops start here in `crops`
+        rows = []
+        for i, w in zip(order, worst, strict=True):
+            rows.append([
+                (crops[i], [w["probe"], f"mate rank {w['rank']}"]),
+                (crops[g0 + int(res.top_index[i])], [w["top_identity"], f"score {w['top_score']:.3f}"]),
+                (crops[g0 + int(res.mate_index[i])], [w["probe"], f"score {w['mate_score']:.3f}"]),
+            ])
+        rp.failure_sheet(rows, out / "worst_failures.png")
+        files["worst_failures"] = "worst_failures.png"
+    files["report_md"] = "report.md"
+    report["files"] = files
+    report["seconds"] = round(time.time() - t0, 2)
+    report["out"] = str(out)
     write_json(out / "report.json", report)
-    if used:
-        _plot_cmc(curve, out / "cmc.png", f"{config.backbone.name} / {config.aligner.name}")
+    rp.write_markdown(report, out / "report.md")
     return report
-
-
-def _plot_cmc(curve, path: Path, label: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n = min(len(curve), 50)
-    fig = Figure(figsize=(5, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(range(1, n + 1), curve[:n], marker="o", markersize=3, label=label)
-    ax.set_xlabel("rank")
-    ax.set_ylabel("identification rate")
-    ax.set_ylim(0, 1.02)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title("CMC")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
