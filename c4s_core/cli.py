@@ -185,6 +185,7 @@ _PIPELINE_HELP = {
     "evaluate": "Match probe sketches against a photo gallery: CMC, TAR@FAR, ROC, report.",
     "train-matcher": "Train a sketch-to-mugshot matcher (backbone + margin head) on real and generated sets.",
     "train-generator": "Train the CLIP4Sketch diffusion generator (or another generator) on photo/sketch pairs.",
+    "export": "Export a matcher to ONNX (uint8 RGB in, unit embeddings out), checked against torch; fp16/int8.",
     "demo": "The main job on the embedded default: every stage that exists, with a report.",
 }
 
@@ -233,6 +234,15 @@ def _prescan(argv: list[str]) -> None:
 
 
 _add_pipelines()
+
+
+def _add_builtin_groups() -> None:
+    from .match_cli import match
+
+    cli.add_command(match)
+
+
+_add_builtin_groups()
 
 
 def main(argv: list[str] | None = None) -> None:

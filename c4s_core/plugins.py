@@ -52,6 +52,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "conditioners": "c4s_plugins.conditioners",
     "samplers": "c4s_plugins.samplers",
     "diffusion": "c4s_plugins.diffusion",
+    "onnx_matcher": "c4s_plugins.onnx_matcher",
 }
 # The default pipelines read data through these; they may not be blocked.
 ESSENTIAL_PLUGINS = frozenset({"datasets", "synthfaces"})

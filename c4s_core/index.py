@@ -1,0 +1,366 @@
+"""Gallery index: enrolled face embeddings with identities, searched exactly.
+
+An index is a folder::
+
+    G/index.json           format, model hash and facts, dtype, counts, file names, sha256s
+    G/embeddings-<n>.npy   float16 or float32 [rows, D], L2-normalised
+    G/ids-<n>.json         one {"identity", "source"} per row
+    G/.lock                taken while writing
+
+``<n>`` is the generation: every save writes new data files, then replaces
+``index.json`` atomically (the commit), then removes older generations. A
+crash at any point leaves the previous index intact. A save also refuses if
+another process committed since this one opened the index.
+
+An index belongs to one model: :meth:`GalleryIndex.check_model` refuses any
+other (a different file hash), since embeddings of two models do not compare.
+
+Search is exact: scores are dot products (cosine, as rows are unit length),
+computed over ``chunk_size`` rows at a time with ``argpartition`` keeping only
+candidates, so memory stays ``O(queries x (chunk_size + k x m))`` where ``m`` is
+the most images any identity has. Identities score by their best image. The
+optional ``faiss`` backend (``pip install faiss-cpu``) gives the same answer
+with FAISS's flat inner-product index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import DataError, MissingDependencyError
+
+__all__ = ["GalleryIndex", "Hit", "IndexError_", "ModelMismatchError", "INDEX_FORMAT", "exact_search"]
+
+INDEX_FORMAT = "c4s-gallery-index"
+INDEX_FORMAT_VERSION = 1
+DTYPES = ("float32", "float16")
+Backend = Literal["exact", "faiss"]
+
+
+class IndexError_(DataError):  # noqa: N801 - IndexError is a builtin
+    """A gallery index is missing, damaged, or cannot take this change."""
+
+
+class ModelMismatchError(IndexError_):
+    """The model is not the one that built the index."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    identity: str
+    score: float
+    source: str  # the best-matching enrolled image
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"identity": self.identity, "score": round(float(self.score), 6), "source": self.source}
+
+
+@contextlib.contextmanager
+def _lock(folder: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, the generation check remains
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+class GalleryIndex:
+    """Rows of (embedding, identity, source image) built by one model."""
+
+    def __init__(self, folder: Path, info: dict[str, Any], embeddings: np.ndarray, rows: list[dict[str, str]]):
+        self.folder = Path(folder)
+        self.info = info
+        self.embeddings = embeddings
+        self.rows = rows
+        self._opened_generation = int(info.get("generation", 0))
+
+    # -- create / open --------------------------------------------------------------------
+    @classmethod
+    def create(cls, folder: str | Path, *, model_hash: str, embedding_dim: int, dtype: str = "float32",
+               model: dict[str, Any] | None = None, aligner: dict[str, Any] | None = None,
+               overwrite: bool = False) -> GalleryIndex:
+        """A new, empty index (written by :meth:`save`). An existing index is an
+        error unless ``overwrite``."""
+        folder = Path(folder)
+        if dtype not in DTYPES:
+            raise IndexError_(f"index dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if folder.exists() and not folder.is_dir():
+            raise IndexError_(f"{folder} exists and is not a folder")
+        if (folder / "index.json").exists() and not overwrite:
+            raise IndexError_(f"{folder} already holds an index; add identities with `c4s match add`, "
+                              "or pass --overwrite to start again")
+        if folder.is_dir() and not (folder / "index.json").exists() and any(
+                p for p in folder.iterdir() if p.name != ".lock"):
+            raise IndexError_(f"{folder} is a non-empty folder without an index; choose an empty or new folder")
+        from . import __version__
+
+        info = {
+            "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "model_hash": model_hash,
+            "model": dict(model or {}), "aligner": aligner, "embedding_dim": int(embedding_dim), "dtype": dtype,
+            "generation": int(json.loads((folder / "index.json").read_text())["generation"])
+            if overwrite and (folder / "index.json").exists() else 0,
+            "c4s_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return cls(folder, info, np.zeros((0, int(embedding_dim)), dtype), [])
+
+    @classmethod
+    def read_info(cls, folder: str | Path) -> dict[str, Any]:
+        folder = Path(folder)
+        js = folder / "index.json"
+        if not js.is_file():
+            raise IndexError_(f"{folder}: no gallery index here (index.json missing); "
+                              "create one with `c4s match enroll`")
+        try:
+            info = json.loads(js.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise IndexError_(f"{js} is not valid JSON: {err}") from None
+        if info.get("format") != INDEX_FORMAT:
+            raise IndexError_(f"{js} is not a c4s gallery index (format {info.get('format')!r})")
+        if int(info.get("format_version", 0)) > INDEX_FORMAT_VERSION:
+            raise IndexError_(f"{js} has format_version {info['format_version']}; this c4s reads up to "
+                              f"{INDEX_FORMAT_VERSION}: upgrade c4s")
+        return info
+
+    @classmethod
+    def open(cls, folder: str | Path, mmap: bool = False, verify: bool = False) -> GalleryIndex:
+        """Open an index; ``mmap`` maps the embeddings read-only (search over
+        large galleries without loading them); ``verify`` checks the sha256s."""
+        folder = Path(folder)
+        info = cls.read_info(folder)
+        emb_path, ids_path = folder / info["embeddings_file"], folder / info["ids_file"]
+        for p in (emb_path, ids_path):
+            if not p.is_file():
+                raise IndexError_(f"{folder}: {p.name} named by index.json is missing; the index is damaged, "
+                                  "re-enroll it")
+        raw_ids = ids_path.read_bytes()
+        try:
+            rows = json.loads(raw_ids)["rows"]
+            emb = np.load(emb_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, KeyError, OSError) as err:
+            raise IndexError_(f"{folder}: cannot read the index files: {err}") from None
+        n, d = int(info["rows"]), int(info["embedding_dim"])
+        if emb.shape != (n, d) or len(rows) != n or str(emb.dtype) != info["dtype"]:
+            raise IndexError_(f"{folder}: index files disagree (embeddings {emb.shape} {emb.dtype}, "
+                              f"{len(rows)} ids, index.json says {n} x {d} {info['dtype']}); re-enroll it")
+        if verify:
+            if _sha256(raw_ids) != info["ids_sha256"]:
+                raise IndexError_(f"{ids_path}: sha256 differs from index.json; the index is damaged")
+            if _sha256(emb_path.read_bytes()) != info["embeddings_sha256"]:
+                raise IndexError_(f"{emb_path}: sha256 differs from index.json; the index is damaged")
+        return cls(folder, info, emb, rows)
+
+    # -- facts ----------------------------------------------------------------------------
+    @property
+    def model_hash(self) -> str:
+        return str(self.info["model_hash"])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def identities(self) -> list[str]:
+        return sorted({r["identity"] for r in self.rows})
+
+    def check_model(self, model_hash: str, model_path: str | os.PathLike | None = None) -> None:
+        """Refuse a model other than the one that built the index."""
+        if model_hash != self.model_hash:
+            built = self.info.get("model", {}).get("path", "?")
+            given = f" ({model_path})" if model_path else ""
+            raise ModelMismatchError(
+                f"index {self.folder} was built by model {built} (sha256 {self.model_hash[:16]}...), "
+                f"not by this model{given} (sha256 {model_hash[:16]}...). Embeddings of different models "
+                "do not compare: use the model that built the index, or enroll a new index with this one"
+            )
+
+    def summary(self) -> dict[str, Any]:
+        ids = [r["identity"] for r in self.rows]
+        return {
+            "index": str(self.folder), "rows": len(self.rows), "identities": len(set(ids)),
+            "embedding_dim": int(self.info["embedding_dim"]), "dtype": self.info["dtype"],
+            "model_hash": self.model_hash, "model": self.info.get("model", {}),
+            "aligner": self.info.get("aligner"), "generation": int(self.info.get("generation", 0)),
+            "created": self.info.get("created"), "updated": self.info.get("updated"),
+        }
+
+    # -- changes --------------------------------------------------------------------------
+    def add(self, identities: Sequence[str], embeddings: np.ndarray, sources: Sequence[str] | None = None,
+            replace: bool = False) -> dict[str, int]:
+        """Append rows. An identity already enrolled is an error unless
+        ``replace`` (its old rows are dropped first)."""
+        emb = np.asarray(embeddings, np.float32)
+        d = int(self.info["embedding_dim"])
+        if emb.ndim != 2 or emb.shape[1] != d or len(emb) != len(identities):
+            raise IndexError_(f"add: expected embeddings [{len(identities)}, {d}], got {emb.shape}")
+        if not np.isfinite(emb).all():
+            raise IndexError_("add: embeddings contain NaN or inf")
+        sources = list(sources) if sources is not None else [""] * len(identities)
+        bad = [i for i in identities if not isinstance(i, str) or not i]
+        if bad:
+            raise IndexError_(f"add: identities must be non-empty strings, got {bad[:3]!r}")
+        new = set(identities)
+        present = sorted(new & set(self.identities()))
+        removed = 0
+        if present:
+            if not replace:
+                more = f" (+{len(present) - 5} more)" if len(present) > 5 else ""
+                raise IndexError_(f"identities already in {self.folder}: {', '.join(present[:5])}{more}; "
+                                  "pass --replace to re-enroll them, or remove them first")
+            removed = self.remove(present)
+        norm = np.linalg.norm(emb, axis=1, keepdims=True)
+        emb = emb / np.maximum(norm, 1e-12)
+        self.embeddings = np.concatenate([np.asarray(self.embeddings), emb.astype(self.info["dtype"])])
+        self.rows = self.rows + [{"identity": i, "source": str(s)} for i, s in zip(identities, sources, strict=True)]
+        return {"rows_added": len(emb), "identities_added": len(new), "rows_replaced": removed}
+
+    def remove(self, identities: Sequence[str], missing_ok: bool = False) -> int:
+        """Drop every row of ``identities``; unknown names are an error unless ``missing_ok``."""
+        gone = set(identities)
+        unknown = sorted(gone - set(self.identities()))
+        if unknown and not missing_ok:
+            raise IndexError_(f"not in {self.folder}: {', '.join(unknown[:5])}"
+                              f"{f' (+{len(unknown) - 5} more)' if len(unknown) > 5 else ''}; "
+                              "see `c4s match info --identities`")
+        keep = [k for k, r in enumerate(self.rows) if r["identity"] not in gone]
+        removed = len(self.rows) - len(keep)
+        self.embeddings = np.asarray(self.embeddings)[keep]
+        self.rows = [self.rows[k] for k in keep]
+        return removed
+
+    def save(self) -> Path:
+        """Commit atomically: new generation files, then index.json, then clean up."""
+        folder = self.folder
+        with _lock(folder):
+            if (folder / "index.json").is_file():
+                on_disk = int(self.read_info(folder).get("generation", 0))
+                if on_disk != self._opened_generation:
+                    raise IndexError_(f"{folder} was changed by another process since it was opened "
+                                      f"(generation {on_disk}, opened {self._opened_generation}); run the command again")
+            from .data.io import atomic_write_bytes
+
+            gen = self._opened_generation + 1
+            emb = np.ascontiguousarray(np.asarray(self.embeddings, self.info["dtype"]))
+            emb_bytes = _npy_bytes(emb)
+            ids_bytes = json.dumps({"rows": self.rows}, indent=0).encode()
+            info = dict(self.info)
+            info.update(
+                generation=gen, rows=len(self.rows), identities=len({r["identity"] for r in self.rows}),
+                embeddings_file=f"embeddings-{gen}.npy", ids_file=f"ids-{gen}.json",
+                embeddings_sha256=_sha256(emb_bytes), ids_sha256=_sha256(ids_bytes),
+                updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            )
+            atomic_write_bytes(folder / info["embeddings_file"], emb_bytes)
+            atomic_write_bytes(folder / info["ids_file"], ids_bytes)
+            atomic_write_bytes(folder / "index.json", json.dumps(info, indent=2).encode())  # the commit
+            for p in folder.iterdir():
+                if p.name.startswith(("embeddings-", "ids-")) and p.name not in (
+                        info["embeddings_file"], info["ids_file"]):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+            self.info = info
+            self.embeddings = emb
+            self._opened_generation = gen
+        return folder
+
+    # -- search ---------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, top_k: int = 10, chunk_size: int = 65536,
+               backend: Backend = "exact") -> list[list[Hit]]:
+        """Top-``top_k`` identities per query (best image per identity), best first."""
+        q = np.asarray(queries, np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        d = int(self.info["embedding_dim"])
+        if q.ndim != 2 or q.shape[1] != d:
+            raise IndexError_(f"search: queries must be [Q, {d}], got {q.shape}")
+        if top_k < 1 or chunk_size < 1:
+            raise IndexError_(f"search: top_k and chunk_size must be at least 1 (got {top_k}, {chunk_size})")
+        if len(self.rows) == 0:
+            return [[] for _ in range(len(q))]
+        ids = np.array([r["identity"] for r in self.rows], dtype=object)
+        uniq, codes, counts = np.unique(ids, return_inverse=True, return_counts=True)
+        # the k-th best identity's best row ranks at most (k-1)*m + 1 among rows
+        keep = min(len(self.rows), top_k * int(counts.max()))
+        if backend == "faiss":
+            scores, rows = _faiss_search(self.embeddings, q, keep)
+        elif backend == "exact":
+            scores, rows = exact_search(self.embeddings, q, keep, chunk_size)
+        else:
+            raise IndexError_(f"search backend {backend!r} is not one of exact, faiss")
+        out = []
+        for qi in range(len(q)):
+            hits, seen = [], set()
+            for s, r in zip(scores[qi], rows[qi], strict=True):
+                c = codes[r]
+                if c in seen:
+                    continue
+                seen.add(c)
+                hits.append(Hit(str(uniq[c]), float(s), self.rows[r]["source"]))
+                if len(hits) == top_k:
+                    break
+            out.append(hits)
+        return out
+
+
+def exact_search(embeddings: np.ndarray, queries: np.ndarray, k: int, chunk_size: int = 65536
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` rows by dot product, sorted (score desc, row asc): ``(scores, rows)``,
+    each ``[Q, k]``. Reads ``chunk_size`` rows at a time (works on memmaps)."""
+    q = np.asarray(queries, np.float32)
+    n = len(embeddings)
+    k = min(k, n)
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_r = np.zeros((len(q), 0), np.int64)
+    for start in range(0, n, chunk_size):
+        block = np.asarray(embeddings[start:start + chunk_size], np.float32)
+        s = q @ block.T
+        rows = np.broadcast_to(np.arange(start, start + len(block)), s.shape)
+        s = np.concatenate([best_s, s], axis=1)
+        rows = np.concatenate([best_r, rows], axis=1)
+        if s.shape[1] > k:
+            part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            s = np.take_along_axis(s, part, axis=1)
+            rows = np.take_along_axis(rows, part, axis=1)
+        best_s, best_r = s, rows
+    order = np.lexsort((best_r, -best_s), axis=1) if best_s.size else np.zeros_like(best_r)
+    return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_r, order, axis=1)
+
+
+def _faiss_search(embeddings: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import faiss
+    except ImportError:
+        raise MissingDependencyError(
+            "search backend 'faiss' needs the 'faiss' package, which is not installed. "
+            "Install it with: pip install faiss-cpu (or faiss-gpu), or use --backend exact"
+        ) from None
+    index = faiss.IndexFlatIP(int(embeddings.shape[1]))
+    index.add(np.ascontiguousarray(np.asarray(embeddings, np.float32)))
+    scores, rows = index.search(np.ascontiguousarray(q), int(k))
+    return scores.astype(np.float32), rows.astype(np.int64)

@@ -1,0 +1,287 @@
+"""``c4s match``: enroll a photo gallery with an exported model and search sketches.
+
+A click group with no plugin of its own: ``enroll``, ``add``, ``remove``,
+``search`` and ``info`` over a :class:`c4s_core.index.GalleryIndex` folder and
+an ONNX model written by ``c4s export`` (run by :mod:`c4s_core.runtime`).
+Identities are file stems (``DIR/alice.jpg``) or sub-folder names
+(``DIR/alice/*.jpg``). Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import C4SError, DataError
+
+__all__ = ["match", "collect_photos", "collect_queries"]
+
+
+class _MatchGroup(click.Group):
+    """Turns c4s errors into clean click errors (also when used on its own)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except C4SError as err:
+            raise click.ClickException(str(err)) from None
+
+
+def collect_photos(folder: str | Path) -> list[tuple[str, Path]]:
+    """``(identity, path)`` for images in ``folder`` (identity: file stem) and in
+    its sub-folders (identity: sub-folder name), sorted."""
+    from .data.io import list_images
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--photos {folder}: folder not found")
+    out = [(p.stem, p) for p in list_images(folder)]
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        out += [(sub.name, p) for p in list_images(sub)]
+    if not out:
+        raise DataError(f"--photos {folder}: no images (looked for image files in it and in its sub-folders)")
+    return out
+
+
+def collect_queries(items: tuple[str, ...]) -> list[Path]:
+    """Image files, and the images inside folders, in the order given."""
+    from .data.io import list_images
+
+    out: list[Path] = []
+    for it in items:
+        p = Path(it)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise DataError(f"{p}: folder holds no images")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return out
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    from .config import parse_overrides
+
+    return parse_overrides(list(pairs))
+
+
+def _aligner_spec(name: str | None, pairs: tuple[str, ...], fallback: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``{name, options}`` from --aligner/--aligner-option, else ``fallback`` (the index's)."""
+    opts = _parse_options(pairs)
+    if name == "none":
+        return None
+    if name:
+        return {"name": name, "options": opts}
+    if fallback is None:
+        if opts:
+            raise DataError("--aligner-option needs --aligner NAME (the index has no aligner)")
+        return None
+    return {"name": fallback["name"], "options": {**fallback.get("options", {}), **opts}}
+
+
+def _embedder(model: str, device: str, batch_size: int, threads: int | None, aligner: dict[str, Any] | None):
+    from . import get_registries
+    from .runtime import OnnxEmbedder
+
+    emb = OnnxEmbedder(model, device=device, batch_size=batch_size, threads=threads)
+    if aligner is not None:
+        opts = {"size": int(emb.input_size[0]), **aligner.get("options", {})}
+        emb.aligner = get_registries().aligner.build(aligner["name"], opts)
+    return emb
+
+
+def _model_info(emb) -> dict[str, Any]:
+    m = emb.metadata
+    return {"path": str(Path(emb.path).resolve()), "backbone": m.get("backbone"), "precision": m.get("precision"),
+            "input_size": m.get("input_size"), "embedding_dim": emb.embedding_dim, "opset": m.get("opset"),
+            "source_hash": m.get("source_hash"), "training_data_hash": m.get("training_data_hash")}
+
+
+def _enroll_photos(emb, photos: str, on_error: str, progress: bool):
+    pairs = collect_photos(photos)
+    vecs, kept, skipped = emb.embed_files([p for _, p in pairs], on_error=on_error, progress=progress)
+    ids = [pairs[k][0] for k in kept]
+    sources = [str(pairs[k][1]) for k in kept]
+    if not ids:
+        raise DataError(f"--photos {photos}: no image could be embedded ({len(skipped)} skipped)")
+    return ids, vecs, sources, skipped
+
+
+def _echo(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for k, v in data.items():
+        if isinstance(v, list) and len(v) > 10:
+            v = v[:10] + [f"... (+{len(v) - 10} more)"]
+        click.echo(f"{k}: {v}")
+
+
+_model_opt = click.option("--model", "model", required=True, type=click.Path(dir_okay=False),
+                          help="ONNX model written by `c4s export`.")
+_index_opt = click.option("--index", "index", required=True, type=click.Path(file_okay=False),
+                          help="Gallery index folder.")
+_device_opt = click.option("--device", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
+                           show_default=True, help="onnxruntime execution provider; an unavailable one is an error.")
+_batch_opt = click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
+                          help="Images per onnxruntime run.")
+_threads_opt = click.option("--threads", type=click.IntRange(1, 512), default=None,
+                            help="onnxruntime intra-op threads (default: onnxruntime's choice).")
+_aligner_opt = click.option("--aligner", default=None, metavar="NAME",
+                            help="Aligner for the images (e.g. center, dlib; 'none': resize only). "
+                            "Default: enroll resizes only; add and search use the index's aligner.")
+_aligner_set_opt = click.option("--aligner-option", "aligner_options", multiple=True, metavar="KEY=VALUE",
+                                help="Aligner option (repeatable), e.g. --aligner-option box=[0,0,1,1].")
+_json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+_progress_opt = click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+_on_error_opt = click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
+                             help="An unreadable image stops the command (raise) or is reported and left out (skip).")
+
+
+@click.group(cls=_MatchGroup)
+def match():
+    """Enroll a photo gallery with an exported model (`c4s export`) and search sketches against it.
+
+    \b
+    c4s match enroll --model out/model.onnx --photos mugshots/ --index gallery/
+    c4s match search --model out/model.onnx --index gallery/ sketch.png --top-k 5
+    """
+
+
+@match.command()
+@_model_opt
+@click.option("--photos", required=True, type=click.Path(file_okay=False), help="Folder of photos: identity = file stem or sub-folder name.")
+@_index_opt
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="Storage type of the embeddings.")
+@_aligner_opt
+@_aligner_set_opt
+@click.option("--overwrite", is_flag=True, help="Replace an existing index in --index.")
+@_device_opt
+@_batch_opt
+@_threads_opt
+@_on_error_opt
+@_progress_opt
+@_json_opt
+def enroll(model, photos, index, dtype, aligner, aligner_options, overwrite, device, batch_size, threads,
+           on_error, no_progress, as_json):
+    """Create a gallery index from a folder of photos."""
+    from .index import GalleryIndex
+
+    spec = _aligner_spec(aligner, aligner_options, None)
+    emb = _embedder(model, device, batch_size, threads, spec)
+    gi = GalleryIndex.create(index, model_hash=emb.model_hash, embedding_dim=emb.embedding_dim, dtype=dtype,
+                             model=_model_info(emb), aligner=spec, overwrite=overwrite)
+    ids, vecs, sources, skipped = _enroll_photos(emb, photos, on_error, not no_progress)
+    added = gi.add(ids, vecs, sources, replace=True)
+    gi.save()
+    _echo({**gi.summary(), **added, "skipped": [f"{p}: {why}" for p, why in skipped]}, as_json)
+
+
+@match.command()
+@_index_opt
+@_model_opt
+@click.option("--photos", required=True, type=click.Path(file_okay=False), help="Folder of photos to add (identity = file stem or sub-folder name).")
+@click.option("--replace", is_flag=True, help="Re-enroll identities that are already in the index.")
+@_aligner_opt
+@_aligner_set_opt
+@_device_opt
+@_batch_opt
+@_threads_opt
+@_on_error_opt
+@_progress_opt
+@_json_opt
+def add(index, model, photos, replace, aligner, aligner_options, device, batch_size, threads, on_error,
+        no_progress, as_json):
+    """Add identities to an index (with the model that built it)."""
+    from .export import file_sha256
+    from .index import GalleryIndex
+
+    gi = GalleryIndex.open(index)
+    gi.check_model(file_sha256(model), model)
+    spec = _aligner_spec(aligner, aligner_options, gi.info.get("aligner"))
+    emb = _embedder(model, device, batch_size, threads, spec)
+    ids, vecs, sources, skipped = _enroll_photos(emb, photos, on_error, not no_progress)
+    added = gi.add(ids, vecs, sources, replace=replace)
+    gi.save()
+    _echo({**gi.summary(), **added, "skipped": [f"{p}: {why}" for p, why in skipped]}, as_json)
+
+
+@match.command()
+@_index_opt
+@click.argument("identities", nargs=-1, required=True)
+@click.option("--missing-ok", is_flag=True, help="Ignore identities that are not in the index.")
+@_json_opt
+def remove(index, identities, missing_ok, as_json):
+    """Remove IDENTITIES (every image of each) from an index."""
+    from .index import GalleryIndex
+
+    gi = GalleryIndex.open(index)
+    n = gi.remove(list(identities), missing_ok=missing_ok)
+    gi.save()
+    _echo({**gi.summary(), "rows_removed": n}, as_json)
+
+
+@match.command()
+@_index_opt
+@_model_opt
+@click.argument("sketches", nargs=-1, required=True)
+@click.option("--top-k", type=click.IntRange(1, 100000), default=10, show_default=True, help="Identities per sketch.")
+@click.option("--chunk-size", type=click.IntRange(1, 1 << 24), default=65536, show_default=True,
+              help="Gallery rows scored at a time (bounds memory).")
+@click.option("--backend", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True,
+              help="exact: chunked matrix product; faiss: FAISS flat index (pip install faiss-cpu).")
+@_aligner_opt
+@_aligner_set_opt
+@_device_opt
+@_batch_opt
+@_threads_opt
+@_json_opt
+def search(index, model, sketches, top_k, chunk_size, backend, aligner, aligner_options, device, batch_size,
+           threads, as_json):
+    """Rank gallery identities for each SKETCH (image files or folders)."""
+    from .export import file_sha256
+    from .index import GalleryIndex
+
+    gi = GalleryIndex.open(index, mmap=True)
+    gi.check_model(file_sha256(model), model)
+    spec = _aligner_spec(aligner, aligner_options, gi.info.get("aligner"))
+    emb = _embedder(model, device, batch_size, threads, spec)
+    paths = collect_queries(sketches)
+    vecs, kept, skipped = emb.embed_files(paths, on_error="raise")
+    hits = gi.search(vecs, top_k=top_k, chunk_size=chunk_size, backend=backend)
+    results = [{"query": str(paths[k]), "hits": [h.as_dict() for h in hs]} for k, hs in zip(kept, hits, strict=True)]
+    if as_json:
+        click.echo(json.dumps({"index": str(index), "top_k": top_k, "results": results,
+                               "skipped": [{"path": p, "reason": why} for p, why in skipped]}, indent=2))
+        return
+    for r in results:
+        click.echo(f"{r['query']}:")
+        click.echo(f"  {'rank':>4}  {'score':>8}  {'identity':<24} source")
+        for rank, h in enumerate(r["hits"], 1):
+            click.echo(f"  {rank:>4}  {h['score']:>8.4f}  {h['identity']:<24} {h['source']}")
+    for p, why in skipped:
+        click.echo(f"skipped {p}: {why}", err=True)
+
+
+@match.command()
+@_index_opt
+@click.option("--identities", "show_ids", is_flag=True, help="List the enrolled identities.")
+@click.option("--verify", is_flag=True, help="Check the files' sha256 against index.json.")
+@_json_opt
+def info(index, show_ids, verify, as_json):
+    """Describe an index: model, counts, dtype, aligner."""
+    from .index import GalleryIndex
+
+    gi = GalleryIndex.open(index, mmap=True, verify=verify)
+    data = gi.summary()
+    if verify:
+        data["verified"] = True
+    if show_ids:
+        data["identity_list"] = gi.identities()
+    _echo(data, as_json)
