@@ -43,7 +43,9 @@ def register_conditioners(register: Register) -> None:
     prompts into cross-attention tokens.
 
     Contract: ``encode(photos, styles) -> tensor [B, num_tokens, dim]`` plus the
-    attributes ``dim`` and ``num_tokens``. Examples: open_clip image tower,
+    attributes ``dim``, ``num_tokens``, ``identity`` (encoder name + options +
+    weights hash: the embedding-cache key), ``uses`` ("photo" or "style") and
+    ``role`` ("identity", "appearance" or "style": what guidance scales). Examples: open_clip image tower,
     open_clip text tower on the style prompt, an AdaFace/IR identity embedding.
     """
 
@@ -52,9 +54,11 @@ def register_conditioners(register: Register) -> None:
 def register_samplers(register: Register) -> None:
     """Register samplers: thin wrappers over diffusers schedulers.
 
-    Contract: ``make_scheduler(num_train_timesteps) -> diffusers scheduler``
-    (``set_timesteps``, ``step``, ``scale_model_input``, ``add_noise``,
-    ``init_noise_sigma``, ``order``) and a ``steps`` option in ``Config``.
+    Contract: ``make_scheduler(train_config: dict | int) -> diffusers scheduler``
+    built from the generator's training noise schedule (a DDPMScheduler config,
+    or just ``num_train_timesteps``) with ``set_timesteps(steps)`` already
+    called; optional ``step_kwargs() -> dict`` for ``step`` (e.g. DDIM's eta);
+    a ``steps`` option in ``Config``.
     """
 
 

@@ -15,6 +15,9 @@ PIPELINES: dict[str, str] = {
     "align": "c4s_core.pipelines.align",
     "evaluate": "c4s_core.pipelines.evaluate",
     "demo": "c4s_core.pipelines.demo",
+    "train-generator": "c4s_core.pipelines.train_generator",
+    "train-matcher": "c4s_core.pipelines.train_matcher",
+    "export": "c4s_core.pipelines.export",
 }
 
 

@@ -1,0 +1,125 @@
+"""Benchmark the diffusion generator on this machine; prints one JSON line.
+
+- training: steps/s and peak resident memory (ru_maxrss of a fresh child
+  process per case) for the tiny and default UNet presets at 64 and 112 px,
+  a few steps each, with condition tokens shaped like dlib_id (1x128) +
+  clip_text pooled (1x512);
+- condition encoding: one epoch over N synthfaces photos with ``clip_image``
+  (ViT-B-32 image tower, random frozen weights: the compute of the real one)
+  and ``dlib_id`` (if dlib is installed), uncached (fresh cache: encode + write)
+  vs cached (read back).
+
+    .venv/bin/python benchmarks/bench_generator.py [--steps 3] [--batch 8] [--photos 64] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def train_case(preset: str, size: int, steps: int, batch: int, device: str) -> dict:
+    import resource
+
+    import numpy as np
+    import torch
+    from c4s_plugins.diffusion import DiffusionConfig, DiffusionGenerator
+
+    from c4s_core import get_registries
+
+    class Stand:
+        def __init__(self, name, n, d, role):
+            self.name, self.num_tokens, self.dim, self.role, self.identity = name, n, d, role, name
+
+    cfg = DiffusionConfig(preset=preset, sample_size=size, device=device,
+                          conditioners=[{"name": "dlib_id"}, {"name": "clip_text"}])
+    gen = DiffusionGenerator(cfg, conditioners=[Stand("dlib_id", 1, 128, "identity"), Stand("clip_text", 1, 512, "style")])
+    get_registries()
+    n = max(batch * 2, 16)
+    rng = np.random.default_rng(0)
+    sk = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    tok = [rng.standard_normal((n, 1, 128)).astype(np.float32), rng.standard_normal((n, 1, 512)).astype(np.float32)]
+    with tempfile.TemporaryDirectory() as tmp:
+        gen.fit(sk, tok, out=tmp, steps=1, batch_size=batch, checkpoint_every=0, progress=False)  # warm-up
+        t0 = time.perf_counter()
+        gen.fit(sk, tok, out=tmp, steps=steps, batch_size=batch, checkpoint_every=0, progress=False)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+    rec = {"preset": preset, "size": size, "batch": batch, "steps": steps, "device": str(gen.device),
+           "params_m": round(sum(p.numel() for p in gen.model.parameters()) / 1e6, 3),
+           "steps_per_s": round(steps / dt, 4), "images_per_s": round(steps * batch / dt, 2),
+           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.startswith("cuda"):
+        rec["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return rec
+
+
+def encode_case(n: int) -> list[dict]:
+    import numpy as np
+
+    from c4s_core import get_registries
+    from c4s_core.cache import EmbeddingCache, conditioner_identity, encode_cached
+
+    regs = get_registries()
+    ds = regs.dataset.build("synthfaces", {"num_identities": n, "images_per_identity": 1, "sketches_per_identity": 0})
+    photos = [ds[i].image for i in range(n)]
+    styles = ["pencil"] * n
+    out = []
+    conds = [("clip_image", {"model": "ViT-B-32"})]
+    if "dlib_id" in regs.conditioner:
+        conds.append(("dlib_id", {}))
+    for name, opts in conds:
+        try:
+            c = regs.conditioner.build(name, opts)
+        except Exception as err:  # a missing extra: report, keep going
+            out.append({"conditioner": name, "error": str(err)[:200]})
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            a = encode_cached(c, photos, styles, EmbeddingCache(tmp, conditioner_identity(c)))
+            t1 = time.perf_counter()
+            b = encode_cached(c, photos, styles, EmbeddingCache(tmp, conditioner_identity(c)))
+            t2 = time.perf_counter()
+        out.append({"conditioner": name, "photos": n, "uncached_s": round(t1 - t0, 3), "cached_s": round(t2 - t1, 3),
+                    "speedup": round((t1 - t0) / max(t2 - t1, 1e-9), 1), "same": bool(np.array_equal(a, b))})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--photos", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cases", default="tiny:64,tiny:112,default:64,default:112")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        preset, size = args.one.split(":")
+        print(json.dumps(train_case(preset, int(size), args.steps, args.batch, args.device)))
+        return
+    train = []
+    for case in args.cases.split(","):
+        res = subprocess.run(
+            [sys.executable, __file__, "--one", case, "--steps", str(args.steps), "--batch", str(args.batch),
+             "--device", args.device],
+            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+        train.append(json.loads(lines[-1]) if res.returncode == 0 and lines else
+                     {"case": case, "error": res.stderr.strip().splitlines()[-1:] or ["?"]})
+    enc = encode_case(args.photos)
+    import torch
+
+    print(json.dumps({"bench": "generator", "torch_threads": torch.get_num_threads(), "train": train,
+                      "encode_epoch": enc}))
+
+
+if __name__ == "__main__":
+    main()
