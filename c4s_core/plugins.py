@@ -53,6 +53,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "samplers": "c4s_plugins.samplers",
     "diffusion": "c4s_plugins.diffusion",
     "onnx_matcher": "c4s_plugins.onnx_matcher",
+    "gan": "c4s_plugins.gan",
+    "procedural": "c4s_plugins.procedural",
 }
 # The default pipelines read data through these; they may not be blocked.
 ESSENTIAL_PLUGINS = frozenset({"datasets", "synthfaces"})

@@ -1,0 +1,1 @@
+"""Built-in gan generator plugin (being written)."""

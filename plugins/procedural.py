@@ -1,0 +1,1 @@
+"""Built-in procedural generator plugin (being written)."""
