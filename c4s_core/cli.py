@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -164,7 +165,8 @@ def _pipeline_command(name: str, module: str) -> click.Command:
         cfg = load_config(mod.Config, config_file, sets)
         _registries()
         summary = mod.run(cfg, progress=not no_progress)
-        click.echo(json.dumps(summary, indent=2, default=str))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+            click.echo(json.dumps(summary, indent=2, default=str))
 
     # options apply bottom-up; pipeline-specific ones only where the Config has the field
     if "shard" in fields:

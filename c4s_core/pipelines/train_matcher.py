@@ -18,6 +18,19 @@ photos (gallery). Output, in ``out``:
 
 Data order, augmentation and dropout of epoch ``e`` derive from ``(seed, e)``
 alone, which is what makes a resumed run equal to an uninterrupted one.
+
+Under ``torchrun --nproc-per-node N`` (one or several nodes) the same command
+trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs). Every rank
+follows the same global batch plan (``batch_size`` is the global batch) and
+takes its contiguous slice of each batch (``batch_size / N`` rows; it must
+divide). Augmentation and dropout draw the randomness of the whole global batch
+and keep the rank's rows, BatchNorm and AdaFace's norm statistics are
+synchronised over the global batch (SyncBatchNorm), and DDP averages the
+gradients of losses weighted to the global mean: N processes give the weights of
+one process with the same global batch, up to float rounding. Rank 0 validates,
+logs and writes; checkpoints hold plain (unwrapped) state dicts, so a run may be
+resumed with another number of processes. Datasets must be readable on every
+node; ``out`` only on rank 0's.
 """
 
 from __future__ import annotations
@@ -240,23 +253,30 @@ def _epoch_indices(train_idx, src, ratios, seed: int, epoch: int):
     return rng.permutation(idx)
 
 
-def _augment(x, is_photo, aug: Augment, gen):
-    """Batch augmentation of float RGB [B, 3, H, W] in [0, 1], from generator ``gen``."""
+def _augment(x, is_photo, aug: Augment, gen, rows: slice | None = None, n: int | None = None):
+    """Batch augmentation of float RGB [B, 3, H, W] in [0, 1], from generator ``gen``.
+
+    With ``rows`` and ``n``, ``x`` holds rows ``rows`` of a global batch of ``n``:
+    the random draws are made for all ``n`` rows (so ``gen`` advances the same on
+    every rank) and the rows' own are used, so each sample's augmentation depends
+    on (seed, epoch, its place in the epoch), not on the number of processes."""
     import math
 
     import torch
     import torch.nn.functional as F
 
     B = x.shape[0]
+    rows = slice(0, B) if rows is None else rows
+    total = B if n is None else n
 
-    def u(lo, hi, n=B):
-        return torch.rand(n, generator=gen) * (hi - lo) + lo
+    def u(lo, hi):
+        return (torch.rand(total, generator=gen) * (hi - lo) + lo)[rows]
 
     area = u(*aug.scale)
     s = area.sqrt()  # zoom: the crop side relative to the image
     ang = u(-aug.rotate, aug.rotate) * math.pi / 180
     tx, ty = u(-aug.shift, aug.shift) * 2, u(-aug.shift, aug.shift) * 2
-    flip = torch.where(torch.rand(B, generator=gen) < aug.flip, -1.0, 1.0)
+    flip = torch.where(torch.rand(total, generator=gen)[rows] < aug.flip, -1.0, 1.0)
     cos, sin = torch.cos(ang) * s, torch.sin(ang) * s
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -270,11 +290,11 @@ def _augment(x, is_photo, aug: Augment, gen):
         x = gray + (x - gray) * sat
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = ((x - mean) * contrast + mean) * bright
-    to_gray = (torch.rand(B, generator=gen) < aug.grayscale) & is_photo
+    to_gray = (torch.rand(total, generator=gen)[rows] < aug.grayscale) & is_photo
     if to_gray.any():
         g = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)
         x = torch.where(to_gray.view(B, 1, 1, 1), g, x)
-    blur = torch.rand(B, generator=gen) < aug.blur
+    blur = torch.rand(total, generator=gen)[rows] < aug.blur
     if blur.any():
         k = torch.tensor([1.0, 2.0, 1.0])
         k = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
@@ -298,6 +318,64 @@ def _check_resume(config: Config, saved: dict[str, Any], where: Path) -> None:
 
 
 def run(config: Config, progress: bool = True) -> dict[str, Any]:
+    """Train; under torchrun, every process calls this with the same config."""
+    from .. import distributed as dist
+
+    device_type = _device_type(config)
+    with dist.init_from_env(device_type) as ctx:
+        return _run(config, progress, ctx, device_type)
+
+
+def _device_type(config: Config) -> str:
+    import torch
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use device=cpu or auto")
+    return "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def _resume_state(config: Config, out: Path) -> dict[str, Any] | None:
+    """The checkpoint to continue from (with the backbone weights under ``model``),
+    or None for a fresh run; refuses a fresh run over an old one."""
+    from ..training import load_state, load_weights
+
+    last_dir = out / "last"
+    if config.resume:
+        if not (last_dir / "state.json").is_file():
+            raise DataError(f"--resume: no checkpoint in {last_dir} (state.json); run without --resume first")
+        state = load_state(last_dir, "state")
+        _check_resume(config, state["config"], out)
+        state["model"] = load_weights(last_dir / "model.safetensors")
+        return state
+    if (last_dir / "state.json").is_file():
+        raise DataError(f"{out} already holds a training run ({last_dir}); pass --resume to continue it, or pick another out")
+    return None
+
+
+def _sync_norm_stats(head, norms) -> bool:
+    """Distributed AdaFace-style heads keep an EMA of the batch's feature-norm
+    mean and std; feed it the *global* batch's figures (so the head behaves as in
+    one process) and return True, after which the head's own update must be
+    skipped. False for heads without such statistics."""
+    import torch
+
+    from .. import distributed as dist
+
+    if not (hasattr(head, "batch_mean") and hasattr(head, "batch_std") and hasattr(head, "t_alpha")):
+        return False
+    with torch.no_grad():
+        safe = norms.detach().float().clamp(0.001, 100).view(-1)
+        s = dist.all_reduce_sum(torch.stack([safe.sum(), torch.tensor(float(safe.numel()), device=safe.device)]))
+        n, mean = s[1], s[0] / s[1]
+        sq = dist.all_reduce_sum(((safe - mean) ** 2).sum())
+        std = (sq / (n - 1)).sqrt() if n > 1 else torch.zeros((), device=safe.device)
+        a = head.t_alpha
+        head.batch_mean.mul_(1 - a).add_(a * mean)
+        head.batch_std.mul_(1 - a).add_(a * std)
+    return True
+
+
+def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any]:
     import time
 
     import numpy as np
@@ -306,21 +384,28 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
     from .. import __version__, metrics
+    from .. import distributed as dist
+    from ..errors import C4SError
     from ..plugins import get_registries
-    from ..training import load_state, lr_at, rng_state, save_state, seed_everything, set_rng_state
+    from ..training import lr_at, rng_state, save_state, seed_everything, set_rng_state
     from .common import prepare_out, save_run_config, write_json
 
     t_start = time.time()
-    out = prepare_out(config.out)
+    main, world = ctx.is_main, ctx.world
+    per_rank = dist.per_rank_batch(config.batch_size, world)
+    show = progress and main
+    out = prepare_out(config.out) if main else Path(config.out)
     last_dir, best_dir = out / "last", out / "best"
-    state = None
-    if config.resume:
-        if not (last_dir / "state.json").is_file():
-            raise DataError(f"--resume: no checkpoint in {last_dir} (state.json); run without --resume first")
-        state = load_state(last_dir, "state")
-        _check_resume(config, state["config"], out)
-    elif (last_dir / "state.json").is_file():
-        raise DataError(f"{out} already holds a training run ({last_dir}); pass --resume to continue it, or pick another out")
+    # rank 0 reads the checkpoint (its out folder need not be shared) and hands it round
+    state, err = None, None
+    if main:
+        try:
+            state = _resume_state(config, out)
+        except C4SError as e:
+            err = e
+    state, err = dist.broadcast_object((state, err))
+    if err is not None:
+        raise err
     if config.threads:
         torch.set_num_threads(config.threads)
 
@@ -336,7 +421,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         if not hasattr(backbone, attr):
             raise ConfigError(f"backbone {bb_spec.name!r} is not trainable (it has no {attr}); pick a torch backbone such as ir_18")
     bb_name = bb_entry.name
-    images, ids, mods, src, data_hash = _load_data(config, regs, tuple(backbone.input_size), progress)
+    images, ids, mods, src, data_hash = _load_data(config, regs, tuple(backbone.input_size), show)
     val_mask = _split(ids, mods, config.val_fraction, config.val_seed)
     train_idx = np.flatnonzero(~val_mask)
     classes = sorted(set(ids[train_idx].tolist()))
@@ -345,9 +430,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     val_probe = np.flatnonzero(val_mask & (mods == "sketch"))
     val_gallery = np.flatnonzero(val_mask & (mods == "photo"))
 
-    device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use device=cpu or auto")
+    device = ctx.device(device_type)
     model = backbone.model
     head = regs.head.build(config.head).build(int(backbone.embedding_dim), len(classes))
     model.to(device)
@@ -355,6 +438,9 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     backbone.device = str(device)
+    # global-batch BatchNorm statistics under DDP; dropout masks drawn per global batch
+    model = backbone.model = dist.sync_batchnorm(model, device.type)
+    dropout = dist.shard_dropout(model)
 
     decay, no_decay = [], []
     for p in model.parameters():
@@ -373,7 +459,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
 
     start_epoch, step, history, best = 0, 0, [], {"epoch": None, "rank1": -1.0}
     if state is not None:
-        backbone.load_weights(last_dir / "model.safetensors")
+        model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
@@ -383,9 +469,36 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
                 f"--resume: the training data changed since {last_dir} was written "
                 f"(hash {state['data_hash']} then, {data_hash} now)"
             )
-    save_run_config(out, "train_matcher", config, {"data_hash": data_hash, "classes": len(classes)})
+    state = None
+    info = dist.DistributedInfo.current(device, per_rank_batch=per_rank, lr=config.lr).as_dict()
+    if main:
+        save_run_config(out, "train_matcher", config, {"data_hash": data_hash, "classes": len(classes),
+                                                       "distributed": info})
 
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    distributed = world > 1
+
+    class Net(torch.nn.Module):
+        """Backbone + head in one module, so DDP sees (and averages) all parameters."""
+
+        def __init__(self):
+            super().__init__()
+            self.model, self.head = model, head
+
+        def forward(self, x, y):
+            with amp:
+                feat = self.model(x)
+            feat = feat.float()
+            norms = feat.norm(dim=1, keepdim=True).clamp_min(1e-6)
+            if distributed and self.training and _sync_norm_stats(self.head, norms):
+                keep, self.head.t_alpha = self.head.t_alpha, 0.0  # stats already updated, globally
+                try:
+                    return self.head(feat / norms, norms, y)
+                finally:
+                    self.head.t_alpha = keep
+            return self.head(feat / norms, norms, y)
+
+    net = dist.wrap_ddp(Net(), device)
     ratios = [d.ratio for d in config.data]
     images_t = torch.from_numpy(images)  # N, H, W, 3 uint8
     ran = 0
@@ -397,64 +510,77 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout of this epoch
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         order = _epoch_indices(train_idx, src, ratios, config.seed, epoch)
-        model.train()
-        head.train()
+        net.train()
         losses = []
         bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, unit="step")
+                   disable=not show, unit="step")
         for b in bar:
             idx = order[b:b + config.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
+            if len(idx) < max(2, world):  # BatchNorm needs two samples; each rank one
                 continue
-            x = images_t[torch.from_numpy(idx)].permute(0, 3, 1, 2).float().div_(255.0)
-            x = _augment(x, torch.from_numpy(mods[idx] == "photo"), config.augment, gen)
+            part = dist.batch_part(len(idx), ctx.rank, world)
+            mine = idx[part.rows]
+            x = images_t[torch.from_numpy(mine)].permute(0, 3, 1, 2).float().div_(255.0)
+            x = _augment(x, torch.from_numpy(mods[mine] == "photo"), config.augment, gen, part.rows, part.n)
             x = backbone.to_input(x).to(device)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = torch.from_numpy(labels[idx]).to(device)
+            y = torch.from_numpy(labels[mine]).to(device)
             lr = lr_at(step, total_steps, config.lr, config.schedule, warmup, config.milestones, config.gamma)
             for g in opt.param_groups:
                 g["lr"] = lr
-            with amp:
-                feat = model(x)
-            feat = feat.float()
-            norms = feat.norm(dim=1, keepdim=True).clamp_min(1e-6)
-            logits = head(feat / norms, norms, y)
-            loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise DataError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower lr (now {lr:.3g})")
+            dropout.part = part
+            logits = net(x, y)
+            # this rank's mean, weighted so that DDP's mean over ranks is the global batch mean
+            loss = F.cross_entropy(logits, y) * part.weight if distributed else F.cross_entropy(logits, y)
+            seen = loss.detach().clone()
+            if distributed:
+                seen = dist.all_reduce_sum(seen) / world
+            if not torch.isfinite(seen):
+                raise DataError(f"loss became {seen.item()} at epoch {epoch + 1}, step {step}; lower lr (now {lr:.3g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
-            losses.append(loss.item())
+            losses.append(seen.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.3g}")
+        dropout.part = None
         seconds = time.time() - t0
-        rank1 = None
-        if len(val_probe) and len(val_gallery):
-            pe = backbone.embed(list(images[val_probe]))
-            ge = backbone.embed(list(images[val_gallery]))
-            curve, used = metrics.cmc(metrics.cosine_similarity(pe, ge), ids[val_probe], ids[val_gallery], max_rank=1)
-            rank1 = float(curve[0]) if used else None
-        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None, "val_rank1": rank1,
-               "lr": lr_at(max(step - 1, 0), total_steps, config.lr, config.schedule, warmup, config.milestones, config.gamma),
-               "images_per_s": round(len(order) / max(seconds, 1e-9), 1), "seconds": round(seconds, 2)}
+        rec = None
+        if main:
+            rank1 = None
+            if len(val_probe) and len(val_gallery):
+                pe = backbone.embed(list(images[val_probe]))
+                ge = backbone.embed(list(images[val_gallery]))
+                curve, used = metrics.cmc(metrics.cosine_similarity(pe, ge), ids[val_probe], ids[val_gallery], max_rank=1)
+                rank1 = float(curve[0]) if used else None
+            rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None, "val_rank1": rank1,
+                   "lr": lr_at(max(step - 1, 0), total_steps, config.lr, config.schedule, warmup, config.milestones, config.gamma),
+                   "images_per_s": round(len(order) / max(seconds, 1e-9), 1), "seconds": round(seconds, 2)}
+            if distributed:
+                rec["world_size"] = world
+        rec = dist.broadcast_object(rec)  # every rank returns the same summary
         history.append(rec)
-        if progress:
+        rank1 = rec["val_rank1"]
+        if show:
             tqdm.write(f"epoch {epoch + 1}: loss {rec['loss']:.4f}" + (f", val rank-1 {rank1:.3f}" if rank1 is not None else ""))
         extra = {"epoch": epoch + 1, "val_rank1": rank1, "data_hash": data_hash, "head": config.head.name,
                  "classes": len(classes), "train_images": int(len(train_idx))}
-        save_matcher(last_dir, backbone, bb_name, extra)
         score = rank1 if rank1 is not None else float(epoch)
-        if score > best["rank1"] or best["epoch"] is None:
+        new_best = score > best["rank1"] or best["epoch"] is None
+        if new_best:
             best = {"epoch": epoch + 1, "rank1": score}
-            save_matcher(best_dir, backbone, bb_name, extra)
-        save_state(last_dir, "state", {
-            "config": json.loads(config.model_dump_json()), "epoch": epoch + 1, "step": step,
-            "history": history, "best": best, "data_hash": data_hash, "c4s_version": __version__,
-            "head": head.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
-        })
-        write_json(out / "history.json", history)
+        if main:  # plain (unwrapped) state dicts: resumable with any number of processes
+            save_matcher(last_dir, backbone, bb_name, extra)
+            if new_best:
+                save_matcher(best_dir, backbone, bb_name, extra)
+            save_state(last_dir, "state", {
+                "config": json.loads(config.model_dump_json()), "epoch": epoch + 1, "step": step,
+                "history": history, "best": best, "data_hash": data_hash, "c4s_version": __version__,
+                "world_size": world, "head": head.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
+            })
+            write_json(out / "history.json", history)
+        dist.barrier()
         ran += 1
         summary_epoch = epoch + 1
 
@@ -466,5 +592,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         "chance_rank1": round(1.0 / max(1, len(set(ids[val_gallery].tolist()))), 4) if len(val_gallery) else None,
         "classes": len(classes), "train_images": int(len(train_idx)), "val_probes": int(len(val_probe)),
         "val_gallery": int(len(val_gallery)), "data_hash": data_hash,
+        "world_size": world, "effective_batch_size": config.batch_size, "per_rank_batch_size": per_rank,
+        "lr": config.lr, "distributed": info,
         "seconds": round(time.time() - t_start, 1), "history": history,
     }
