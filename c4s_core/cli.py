@@ -188,6 +188,8 @@ _PIPELINE_HELP = {
     "train-matcher": "Train a sketch-to-mugshot matcher (backbone + margin head) on real and generated sets.",
     "train-generator": "Train the CLIP4Sketch diffusion generator (or another generator) on photo/sketch pairs.",
     "export": "Export a matcher to ONNX (uint8 RGB in, unit embeddings out), checked against torch; fp16/int8.",
+    "generate": "Generate a synthetic sketch set (OUT/IDENTITY/STYLE_K.png + manifest.jsonl) with any generator.",
+    "report-dataset": "Report on a generated set: identity similarity, diversity, style counts, contact sheet.",
     "demo": "The main job on the embedded default: every stage that exists, with a report.",
 }
 
@@ -240,8 +242,10 @@ _add_pipelines()
 
 def _add_builtin_groups() -> None:
     from .match_cli import match
+    from .serve import serve_command
 
     cli.add_command(match)
+    cli.add_command(serve_command)
 
 
 _add_builtin_groups()

@@ -4,13 +4,21 @@ An index is a folder::
 
     G/index.json           format, model hash and facts, dtype, counts, file names, sha256s
     G/embeddings-<n>.npy   float16 or float32 [rows, D], L2-normalised
-    G/ids-<n>.json         one {"identity", "source"} per row
+    G/ids-<n>.json         one {"identity", "source"[, "thumb"]} per row
+    G/thumbs/<sha>.jpg     optional: a copy of each enrolled image (at most
+                           ``thumbnail_size`` px a side), named by its content hash
     G/.lock                taken while writing
 
 ``<n>`` is the generation: every save writes new data files, then replaces
 ``index.json`` atomically (the commit), then removes older generations. A
 crash at any point leaves the previous index intact. A save also refuses if
 another process committed since this one opened the index.
+
+Thumbnails let a viewer (``c4s serve``) show gallery images from the index
+alone, never from the ``source`` paths: :meth:`GalleryIndex.put_thumbnail`
+writes one before the commit (content-addressed, so a crash leaves at most an
+orphan file), rows name it, :meth:`GalleryIndex.thumbnail_path` resolves a
+row's, and :meth:`GalleryIndex.save` removes the ones no row names.
 
 An index belongs to one model: :meth:`GalleryIndex.check_model` refuses any
 other (a different file hash), since embeddings of two models do not compare.
@@ -29,6 +37,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,11 +48,14 @@ import numpy as np
 
 from .errors import DataError, MissingDependencyError
 
-__all__ = ["GalleryIndex", "Hit", "IndexError_", "ModelMismatchError", "INDEX_FORMAT", "exact_search"]
+__all__ = ["GalleryIndex", "Hit", "IndexError_", "ModelMismatchError", "INDEX_FORMAT", "exact_search",
+           "THUMBS_DIR"]
 
 INDEX_FORMAT = "c4s-gallery-index"
 INDEX_FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
+THUMBS_DIR = "thumbs"
+_THUMB_NAME = re.compile(r"^[0-9a-f]{32}\.jpg$")
 Backend = Literal["exact", "faiss"]
 
 
@@ -60,6 +72,7 @@ class Hit:
     identity: str
     score: float
     source: str  # the best-matching enrolled image
+    row: int = -1  # that image's row in the index (as opened; rows renumber on save)
 
     def as_dict(self) -> dict[str, Any]:
         return {"identity": self.identity, "score": round(float(self.score), 6), "source": self.source}
@@ -176,6 +189,10 @@ class GalleryIndex:
                 raise IndexError_(f"{ids_path}: sha256 differs from index.json; the index is damaged")
             if _sha256(emb_path.read_bytes()) != info["embeddings_sha256"]:
                 raise IndexError_(f"{emb_path}: sha256 differs from index.json; the index is damaged")
+            for name in sorted({r["thumb"] for r in rows if r.get("thumb")}):
+                tp = folder / THUMBS_DIR / name
+                if not _THUMB_NAME.match(name) or not tp.is_file() or _sha256(tp.read_bytes())[:32] != name[:32]:
+                    raise IndexError_(f"{tp}: thumbnail missing or damaged; re-enroll the index")
         return cls(folder, info, emb, rows)
 
     # -- facts ----------------------------------------------------------------------------
@@ -204,17 +221,69 @@ class GalleryIndex:
         ids = [r["identity"] for r in self.rows]
         return {
             "index": str(self.folder), "rows": len(self.rows), "identities": len(set(ids)),
+            "thumbnails": sum(1 for r in self.rows if r.get("thumb")),
             "embedding_dim": int(self.info["embedding_dim"]), "dtype": self.info["dtype"],
             "model_hash": self.model_hash, "model": self.info.get("model", {}),
             "aligner": self.info.get("aligner"), "generation": int(self.info.get("generation", 0)),
             "created": self.info.get("created"), "updated": self.info.get("updated"),
         }
 
+    # -- thumbnails -----------------------------------------------------------------------
+    def put_thumbnail(self, image: np.ndarray, max_side: int = 512, quality: int = 90) -> str:
+        """Store a JPEG copy of uint8 RGB ``image`` (shrunk to ``max_side``, never
+        enlarged) under ``thumbs/``; returns its name for :meth:`add`. Written
+        now, named by content: rows refer to it once :meth:`save` commits."""
+        import io
+
+        from PIL import Image
+
+        from .data.io import atomic_write_bytes
+
+        a = np.asarray(image)
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+            raise IndexError_(f"put_thumbnail: expected a uint8 HxWx3 RGB image, got {a.dtype} {a.shape}")
+        if max_side < 16:
+            raise IndexError_(f"put_thumbnail: max_side must be at least 16, got {max_side}")
+        im = Image.fromarray(np.ascontiguousarray(a))
+        if max(im.size) > max_side:
+            im.thumbnail((max_side, max_side), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=int(quality))
+        data = buf.getvalue()
+        name = f"{_sha256(data)[:32]}.jpg"
+        path = self.folder / THUMBS_DIR / name
+        if not path.is_file():
+            atomic_write_bytes(path, data)
+        return name
+
+    def thumbnail_path(self, row: int) -> Path | None:
+        """The stored image of ``row`` (an int in ``range(len(self))``), or None
+        when that row has none. Only names this index wrote resolve, inside
+        ``thumbs/``; a row out of range is an :class:`IndexError_`."""
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)) or not 0 <= int(row) < len(self.rows):
+            raise IndexError_(f"row {row!r} is not in this index (0..{len(self.rows) - 1})")
+        name = self.rows[int(row)].get("thumb")
+        if not name or not _THUMB_NAME.match(str(name)):
+            return None
+        path = self.folder / THUMBS_DIR / name
+        return path if path.is_file() else None
+
+    def _remove_unused_thumbnails(self) -> None:
+        tdir = self.folder / THUMBS_DIR
+        if not tdir.is_dir():
+            return
+        used = {r.get("thumb") for r in self.rows}
+        for p in tdir.iterdir():
+            if p.name not in used and _THUMB_NAME.match(p.name):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
     # -- changes --------------------------------------------------------------------------
     def add(self, identities: Sequence[str], embeddings: np.ndarray, sources: Sequence[str] | None = None,
-            replace: bool = False) -> dict[str, int]:
+            replace: bool = False, thumbnails: Sequence[str | None] | None = None) -> dict[str, int]:
         """Append rows. An identity already enrolled is an error unless
-        ``replace`` (its old rows are dropped first)."""
+        ``replace`` (its old rows are dropped first). ``thumbnails``: per row,
+        a name returned by :meth:`put_thumbnail`, or None."""
         emb = np.asarray(embeddings, np.float32)
         d = int(self.info["embedding_dim"])
         if emb.ndim != 2 or emb.shape[1] != d or len(emb) != len(identities):
@@ -222,6 +291,12 @@ class GalleryIndex:
         if not np.isfinite(emb).all():
             raise IndexError_("add: embeddings contain NaN or inf")
         sources = list(sources) if sources is not None else [""] * len(identities)
+        thumbs = list(thumbnails) if thumbnails is not None else [None] * len(identities)
+        if len(thumbs) != len(identities):
+            raise IndexError_(f"add: {len(thumbs)} thumbnails for {len(identities)} identities")
+        bad_t = [t for t in thumbs if t is not None and not (isinstance(t, str) and _THUMB_NAME.match(t))]
+        if bad_t:
+            raise IndexError_(f"add: thumbnail names must come from put_thumbnail(), got {bad_t[:3]!r}")
         bad = [i for i in identities if not isinstance(i, str) or not i]
         if bad:
             raise IndexError_(f"add: identities must be non-empty strings, got {bad[:3]!r}")
@@ -237,7 +312,10 @@ class GalleryIndex:
         norm = np.linalg.norm(emb, axis=1, keepdims=True)
         emb = emb / np.maximum(norm, 1e-12)
         self.embeddings = np.concatenate([np.asarray(self.embeddings), emb.astype(self.info["dtype"])])
-        self.rows = self.rows + [{"identity": i, "source": str(s)} for i, s in zip(identities, sources, strict=True)]
+        self.rows = self.rows + [
+            {"identity": i, "source": str(s), **({"thumb": t} if t else {})}
+            for i, s, t in zip(identities, sources, thumbs, strict=True)
+        ]
         return {"rows_added": len(emb), "identities_added": len(new), "rows_replaced": removed}
 
     def remove(self, identities: Sequence[str], missing_ok: bool = False) -> int:
@@ -284,12 +362,23 @@ class GalleryIndex:
                         info["embeddings_file"], info["ids_file"]):
                     with contextlib.suppress(OSError):
                         p.unlink()
+            self._remove_unused_thumbnails()
             self.info = info
             self.embeddings = emb
             self._opened_generation = gen
         return folder
 
     # -- search ---------------------------------------------------------------------------
+    def _identity_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(identities, row -> identity code, images per identity), cached per ``rows`` list
+        (add and remove make a new list), so repeated searches skip the sort."""
+        key = (id(self.rows), len(self.rows))
+        cached = getattr(self, "_codes_cache", None)
+        if cached is None or cached[0] != key or cached[1] is not self.rows:
+            cached = (key, self.rows, _codes(self.rows))
+            self._codes_cache = cached
+        return cached[2]
+
     def search(self, queries: np.ndarray, top_k: int = 10, chunk_size: int = 65536,
                backend: Backend = "exact") -> list[list[Hit]]:
         """Top-``top_k`` identities per query (best image per identity), best first."""
@@ -303,8 +392,7 @@ class GalleryIndex:
             raise IndexError_(f"search: top_k and chunk_size must be at least 1 (got {top_k}, {chunk_size})")
         if len(self.rows) == 0:
             return [[] for _ in range(len(q))]
-        ids = np.array([r["identity"] for r in self.rows], dtype=object)
-        uniq, codes, counts = np.unique(ids, return_inverse=True, return_counts=True)
+        uniq, codes, counts = self._identity_codes()
         # the k-th best identity's best row ranks at most (k-1)*m + 1 among rows
         keep = min(len(self.rows), top_k * int(counts.max()))
         if backend == "faiss":
@@ -321,11 +409,17 @@ class GalleryIndex:
                 if c in seen:
                     continue
                 seen.add(c)
-                hits.append(Hit(str(uniq[c]), float(s), self.rows[r]["source"]))
+                hits.append(Hit(str(uniq[c]), float(s), self.rows[r]["source"], int(r)))
                 if len(hits) == top_k:
                     break
             out.append(hits)
         return out
+
+
+def _codes(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids = np.array([r["identity"] for r in rows], dtype=object)
+    uniq, codes, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    return uniq, codes.reshape(-1), counts
 
 
 def exact_search(embeddings: np.ndarray, queries: np.ndarray, k: int, chunk_size: int = 65536

@@ -113,6 +113,18 @@ def _enroll_photos(emb, photos: str, on_error: str, progress: bool):
     return ids, vecs, sources, skipped
 
 
+def _store_thumbnails(gi, sources: list[str], size: int, progress: bool) -> list[str | None] | None:
+    """Copies of the enrolled images inside the index (for `c4s serve`); None when size is 0."""
+    if size <= 0:
+        return None
+    from tqdm import tqdm
+
+    from .data.io import load_image
+
+    return [gi.put_thumbnail(load_image(p), max_side=size)
+            for p in tqdm(sources, disable=not progress, unit="img", desc="thumbnails")]
+
+
 def _echo(data: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
@@ -140,6 +152,9 @@ _aligner_set_opt = click.option("--aligner-option", "aligner_options", multiple=
                                 help="Aligner option (repeatable), e.g. --aligner-option box=[0,0,1,1].")
 _json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 _progress_opt = click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+_thumb_opt = click.option("--thumbnail-size", type=click.IntRange(min=0), default=512, show_default=True,
+                          help="Store a JPEG copy of each enrolled image in the index, at most this many "
+                          "pixels a side, so `c4s serve` can show it; 0: store none.")
 _on_error_opt = click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
                              help="An unreadable image stops the command (raise) or is reported and left out (skip).")
 
@@ -162,14 +177,15 @@ def match():
 @_aligner_opt
 @_aligner_set_opt
 @click.option("--overwrite", is_flag=True, help="Replace an existing index in --index.")
+@_thumb_opt
 @_device_opt
 @_batch_opt
 @_threads_opt
 @_on_error_opt
 @_progress_opt
 @_json_opt
-def enroll(model, photos, index, dtype, aligner, aligner_options, overwrite, device, batch_size, threads,
-           on_error, no_progress, as_json):
+def enroll(model, photos, index, dtype, aligner, aligner_options, overwrite, thumbnail_size, device, batch_size,
+           threads, on_error, no_progress, as_json):
     """Create a gallery index from a folder of photos."""
     from .index import GalleryIndex
 
@@ -178,7 +194,8 @@ def enroll(model, photos, index, dtype, aligner, aligner_options, overwrite, dev
     gi = GalleryIndex.create(index, model_hash=emb.model_hash, embedding_dim=emb.embedding_dim, dtype=dtype,
                              model=_model_info(emb), aligner=spec, overwrite=overwrite)
     ids, vecs, sources, skipped = _enroll_photos(emb, photos, on_error, not no_progress)
-    added = gi.add(ids, vecs, sources, replace=True)
+    thumbs = _store_thumbnails(gi, sources, thumbnail_size, not no_progress)
+    added = gi.add(ids, vecs, sources, replace=True, thumbnails=thumbs)
     gi.save()
     _echo({**gi.summary(), **added, "skipped": [f"{p}: {why}" for p, why in skipped]}, as_json)
 
@@ -190,14 +207,15 @@ def enroll(model, photos, index, dtype, aligner, aligner_options, overwrite, dev
 @click.option("--replace", is_flag=True, help="Re-enroll identities that are already in the index.")
 @_aligner_opt
 @_aligner_set_opt
+@_thumb_opt
 @_device_opt
 @_batch_opt
 @_threads_opt
 @_on_error_opt
 @_progress_opt
 @_json_opt
-def add(index, model, photos, replace, aligner, aligner_options, device, batch_size, threads, on_error,
-        no_progress, as_json):
+def add(index, model, photos, replace, aligner, aligner_options, thumbnail_size, device, batch_size, threads,
+        on_error, no_progress, as_json):
     """Add identities to an index (with the model that built it)."""
     from .export import file_sha256
     from .index import GalleryIndex
@@ -207,7 +225,10 @@ def add(index, model, photos, replace, aligner, aligner_options, device, batch_s
     spec = _aligner_spec(aligner, aligner_options, gi.info.get("aligner"))
     emb = _embedder(model, device, batch_size, threads, spec)
     ids, vecs, sources, skipped = _enroll_photos(emb, photos, on_error, not no_progress)
-    added = gi.add(ids, vecs, sources, replace=replace)
+    if not replace and set(ids) & set(gi.identities()):
+        gi.add(ids, vecs, sources)  # raises the "already in" error before any thumbnail is written
+    thumbs = _store_thumbnails(gi, sources, thumbnail_size, not no_progress)
+    added = gi.add(ids, vecs, sources, replace=replace, thumbnails=thumbs)
     gi.save()
     _echo({**gi.summary(), **added, "skipped": [f"{p}: {why}" for p, why in skipped]}, as_json)
 

@@ -505,12 +505,15 @@ class DiffusionGenerator:
         tokens: list[np.ndarray] | None = None,
         cache_dir: str | Path | None = None,
         output: Literal["uint8", "float"] = "uint8",
+        seeds: Sequence[int] | None = None,
     ) -> np.ndarray:
         """Sketches for each (photo, style): uint8 ``[len(photos) * num_per_input,
         size, size, 3]``, input-major (input i's copies are rows i*num..i*num+num-1).
         ``sampler``: a name, ComponentSpec or sampler object (default DDIM, 50 steps).
         ``guidance``: ``{role: scale}``, see the module docstring. Image ``j`` of
-        input ``i`` uses a generator seeded from ``(seed, i, j)``."""
+        input ``i`` uses a generator seeded from ``(seed, i, j)``, or from
+        ``seeds[i * num_per_input + j]`` when ``seeds`` is given (one per output
+        image: ``c4s generate`` seeds each image from its identity, style and k)."""
         import contextlib
 
         import torch
@@ -534,6 +537,9 @@ class DiffusionGenerator:
         else:
             branches = [torch.ones(k, dtype=torch.bool)]
         jobs = [(i, j) for i in range(n) for j in range(num_per_input)]
+        if seeds is not None and len(seeds) != len(jobs):
+            raise ConfigError(f"diffusion.sample: {len(seeds)} seeds for {len(jobs)} images (inputs x num_per_input)")
+        seed_ints = [_seed_int(seed, i, j) for i, j in jobs] if seeds is None else [_seed_int(int(s)) for s in seeds]
         out = (np.zeros((len(jobs), self.size, self.size, 3), np.uint8) if output == "uint8"
                else np.zeros((len(jobs), 3, self.size, self.size), np.float32))
         ctx = self.ema.swapped(self.model) if (use_ema and self.ema is not None) else contextlib.nullcontext()
@@ -543,12 +549,13 @@ class DiffusionGenerator:
         with ctx, torch.no_grad():
             for a in range(0, len(jobs), batch_size):
                 chunk = jobs[a:a + batch_size]
-                x = self._sample_chunk(chunk, tokens, sampler, guidance, guided, branches, seed, step_kw)
+                x = self._sample_chunk(chunk, tokens, sampler, guidance, guided, branches,
+                                       seed_ints[a:a + len(chunk)], step_kw)
                 out[a:a + len(chunk)] = to_uint8(x) if output == "uint8" else x.float().cpu().numpy()
         self.model.train(was)
         return out
 
-    def _sample_chunk(self, chunk, tokens, sampler, guidance, guided, branches, seed, step_kw):
+    def _sample_chunk(self, chunk, tokens, sampler, guidance, guided, branches, seed_ints, step_kw):
         import inspect
 
         import torch
@@ -556,7 +563,7 @@ class DiffusionGenerator:
         b = len(chunk)
         nb = len(branches)
         sch = self.make_scheduler(sampler)
-        gens = [torch.Generator().manual_seed(_seed_int(seed, i, j)) for i, j in chunk]
+        gens = [torch.Generator().manual_seed(s) for s in seed_ints]
         shape = (3, self.size, self.size)
         x = torch.cat([torch.randn((1, *shape), generator=g) for g in gens]).to(self.device)
         x = x * sch.init_noise_sigma

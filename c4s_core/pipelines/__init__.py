@@ -18,6 +18,8 @@ PIPELINES: dict[str, str] = {
     "train-generator": "c4s_core.pipelines.train_generator",
     "train-matcher": "c4s_core.pipelines.train_matcher",
     "export": "c4s_core.pipelines.export",
+    "generate": "c4s_core.pipelines.generate",
+    "report-dataset": "c4s_core.pipelines.report_dataset",
 }
 
 

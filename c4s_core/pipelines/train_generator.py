@@ -167,8 +167,10 @@ def run(config: Config, progress: bool = True) -> dict:
     save_run_config(out, "train-generator", config)
     ds = regs.dataset.build(config.dataset)
     gen = regs.generator.build(config.generator)
-    if not hasattr(gen, "fit") or not hasattr(gen, "encode_conditions"):
-        raise ConfigError(f"generator {config.generator.name!r} cannot be trained by train-generator (no fit/encode_conditions)")
+    pairs_mode = hasattr(gen, "fit_pairs")  # e.g. gan: trains on (photo, sketch, style) directly
+    if not pairs_mode and (not hasattr(gen, "fit") or not hasattr(gen, "encode_conditions")):
+        raise ConfigError(f"generator {config.generator.name!r} cannot be trained by train-generator "
+                          "(no fit_pairs, nor fit/encode_conditions)")
     size = gen.size
 
     P, S, ST, ID = build_pairs(config, ds, progress)
@@ -202,7 +204,7 @@ def run(config: Config, progress: bool = True) -> dict:
 
     cache_dir = config.cache_dir or (out / "cache")
     t0 = time.perf_counter()
-    tokens = gen.encode_conditions(photos, styles, cache_dir)
+    tokens = [] if pairs_mode else gen.encode_conditions(photos, styles, cache_dir)
     t_enc = time.perf_counter() - t0
 
     grid = None
@@ -217,16 +219,28 @@ def run(config: Config, progress: bool = True) -> dict:
 
     sel = np.asarray(tr)
     vsel = np.asarray(va)
-    res = gen.fit(
-        sketches[sel], [t[sel] for t in tokens], out=out, steps=config.steps, batch_size=config.batch_size,
-        lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
-        grad_accum=config.grad_accum, seed=config.seed, checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=config.keep_checkpoints,
-        val=(sketches[vsel], [t[vsel] for t in tokens]) if len(va) else None,
-        val_every=config.val_every or config.steps, sample_every=config.sample_every or config.steps,
-        grid=grid, grid_sampler=config.grid_sampler, grid_guidance=guidance,
+    fit_kw = dict(
+        out=out, steps=config.steps, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+        checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
+        val_every=config.val_every or config.steps, sample_every=config.sample_every or config.steps, grid=grid,
         resume=config.resume, stop_after=config.stop_after, progress=progress,
     )
+    if pairs_mode:
+        res = gen.fit_pairs(
+            [photos[i] for i in tr], sketches[sel], [styles[i] for i in tr],
+            val=([photos[i] for i in va], sketches[vsel], [styles[i] for i in va]) if len(va) else None, **fit_kw,
+        )
+    else:
+        res = gen.fit(
+            sketches[sel], [t[sel] for t in tokens], out=out, steps=config.steps, batch_size=config.batch_size,
+            lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
+            grad_accum=config.grad_accum, seed=config.seed, checkpoint_every=config.checkpoint_every,
+            keep_checkpoints=config.keep_checkpoints,
+            val=(sketches[vsel], [t[vsel] for t in tokens]) if len(va) else None,
+            val_every=config.val_every or config.steps, sample_every=config.sample_every or config.steps,
+            grid=grid, grid_sampler=config.grid_sampler, grid_guidance=guidance,
+            resume=config.resume, stop_after=config.stop_after, progress=progress,
+        )
     history = res.pop("history")
     write_json(out / "history.json", history)
     summary = {
