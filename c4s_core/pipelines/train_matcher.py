@@ -172,8 +172,19 @@ def read_matcher(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise DataError(f"{js} is not valid JSON: {err}") from None
     if info.get("format") != MATCHER_FORMAT or "backbone" not in info:
         raise DataError(f"{js} is not a c4s matcher description (format {info.get('format')!r})")
-    if not (path / "model.safetensors").is_file():
+    weights = path / "model.safetensors"
+    if not weights.is_file():
         raise DataError(f"{path}: model.safetensors is missing beside matcher.json")
+    want = info.get("weights_sha256")
+    if want:
+        import hashlib
+
+        got = hashlib.sha256(weights.read_bytes()).hexdigest()
+        if got != want:
+            raise DataError(
+                f"{weights}: content hash {got[:16]}... does not match matcher.json ({want[:16]}...): "
+                "the weights were changed or damaged after training; refusing to load them"
+            )
     return path, info
 
 
