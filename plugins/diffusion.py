@@ -284,22 +284,29 @@ class DiffusionGenerator:
 
         return DDPMScheduler.from_config(self.noise_config)
 
-    def loss(self, x0, tokens, generator, scheduler=None):
+    def loss(self, x0, tokens, generator, scheduler=None, part=None, model=None):
         """Denoising loss of one batch: x0 ``[B, 3, H, W]`` in [-1, 1] on the device,
         ``tokens`` per conditioner on the device; noise, timesteps and the drop
-        mask come from the CPU ``generator``."""
+        mask come from the CPU ``generator``.
+
+        ``part`` (a :class:`c4s_core.distributed.BatchPart`): ``x0`` and ``tokens``
+        hold rows ``part.rows`` of a global batch of ``part.n``; the randomness of
+        all ``part.n`` rows is drawn (so ``generator`` advances the same on every
+        rank) and these rows' share is used. ``model``: the module to call (a DDP
+        wrapper of ``self.model``); default ``self.model``."""
         import torch
         import torch.nn.functional as F
 
         sched = scheduler or self.train_scheduler()
         b = x0.shape[0]
-        noise = torch.randn(x0.shape, generator=generator).to(self.device)
-        t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=generator).to(self.device)
-        keep = self.drop_mask(b, generator).to(self.device)
+        n, rows = (b, slice(0, b)) if part is None else (part.n, part.rows)
+        noise = torch.randn((n, *x0.shape[1:]), generator=generator)[rows].to(self.device)
+        t = torch.randint(0, self.config.num_train_timesteps, (n,), generator=generator)[rows].to(self.device)
+        keep = self.drop_mask(n, generator)[rows].to(self.device)
         xt = sched.add_noise(x0, noise, t)
         target = noise if self.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.mixed_precision == "bf16"):
-            pred = self.model(xt, t, tokens, keep)
+            pred = (model or self.model)(xt, t, tokens, keep)
         return F.mse_loss(pred.float(), target.float())
 
     def fit(
@@ -335,9 +342,23 @@ class DiffusionGenerator:
         noise, timesteps and drop masks from one CPU generator whose state is
         checkpointed, so ``resume`` continues exactly where a killed run stopped.
         Checkpoints: ``out/checkpoints/step_NNNNNNN/`` every ``checkpoint_every``
-        steps, at ``stop_after`` and at the end."""
+        steps, at ``stop_after`` and at the end.
+
+        Under a ``torch.distributed`` process group (``torchrun``) every rank calls
+        ``fit`` with the same arguments: ``batch_size`` is the *global* micro-batch,
+        each rank takes its contiguous rows of it (:func:`c4s_core.distributed.batch_part`),
+        draws the noise, timesteps and drop masks of all rows and keeps its own,
+        and DistributedDataParallel averages gradients of losses weighted to the
+        global mean, so N processes give the weights of one (up to float rounding).
+        Rank 0 reads the checkpoint to resume from (and hands it round), validates,
+        draws the grids and writes; checkpoints hold plain state dicts, so a run
+        may resume with another number of processes."""
+        import contextlib
+
         import torch
         from tqdm import tqdm
+
+        from c4s_core import distributed as dist
 
         from ._diffusion_model import to_tensor
 
@@ -350,6 +371,11 @@ class DiffusionGenerator:
         for i, (t, c) in enumerate(zip(tokens, self.conditioners, strict=True)):
             if t.shape != (n, c.num_tokens, c.dim):
                 raise DataError(f"diffusion.fit: tokens of {self.cond_names[i]!r} have shape {t.shape}, expected {(n, c.num_tokens, c.dim)}")
+        world, rank = dist.world(), dist.rank()
+        main, distributed = rank == 0, world > 1
+        if batch_size < world:
+            raise ConfigError(f"diffusion.fit: batch_size={batch_size} is the global batch and must be at least "
+                              f"the number of processes ({world})")
         x_all = to_tensor(sketches)
         tok_all = [torch.from_numpy(np.ascontiguousarray(t)) for t in tokens]
         opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -359,12 +385,20 @@ class DiffusionGenerator:
         history: list[dict] = []
         start = 0
         if resume:
-            last = latest_checkpoint(ckdir)
-            if last is not None:
-                start = self._load_training_state(last, opt, gen)
-                hist = last / "history.json"
-                if hist.is_file():
-                    history = json.loads(hist.read_text())
+            # rank 0 reads (its out folder need not be shared) and hands the state round
+            state, err = None, None
+            if main:
+                try:
+                    last = latest_checkpoint(ckdir)
+                    state = None if last is None else self._read_training_state(last)
+                except C4SError as e:
+                    err = e
+            state, err = dist.broadcast_object((state, err))
+            if err is not None:
+                raise err
+            if state is not None:
+                start = self._apply_training_state(state, opt, gen)
+                history = state["history"]
         end = steps if stop_after is None else min(steps, stop_after)
         perms: dict[int, np.ndarray] = {}
 
@@ -380,21 +414,32 @@ class DiffusionGenerator:
             return np.asarray(idx)
 
         self.model.train()
-        bar = tqdm(total=steps, initial=start, desc="train-generator", unit="step", disable=not progress)
+        # every parameter takes part in each forward (null tokens through torch.where), so plain DDP
+        net = dist.wrap_ddp(self.model, self.device)
+        bar = tqdm(total=steps, initial=start, desc="train-generator", unit="step", disable=not (progress and main))
         t0, loss_ema = time.perf_counter(), None
         step = start
         for step in range(start, end):
             for g in opt.param_groups:
                 g["lr"] = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
             opt.zero_grad(set_to_none=True)
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64)
             for micro in range(grad_accum):
-                idx = torch.from_numpy(indices(step, micro))
-                x0 = x_all[idx].to(self.device)
-                tk = [t[idx].to(self.device) for t in tok_all]
-                loss = self.loss(x0, tk, gen, sched) / grad_accum
-                loss.backward()
-                total += float(loss.detach())
+                idx = indices(step, micro)
+                part = dist.batch_part(len(idx), rank, world)
+                mine = torch.from_numpy(idx[part.rows])
+                x0 = x_all[mine].to(self.device)
+                tk = [t[mine].to(self.device) for t in tok_all]
+                sync = contextlib.nullcontext() if not distributed or micro == grad_accum - 1 else net.no_sync()
+                with sync:
+                    loss = self.loss(x0, tk, gen, sched, part=part, model=net) / grad_accum
+                    if distributed:  # DDP's mean over ranks of these is the global batch mean
+                        loss = loss * part.weight
+                    loss.backward()
+                total += loss.detach().double().cpu()
+            if distributed:
+                total = dist.all_reduce_sum(total) / world
+            total = float(total)
             if not np.isfinite(total):
                 raise C4SError(f"diffusion.fit: loss became {total} at step {step + 1}; lower lr (now {lr})")
             if grad_clip:
@@ -406,23 +451,28 @@ class DiffusionGenerator:
             loss_ema = total if loss_ema is None else 0.9 * loss_ema + 0.1 * total
             rec: dict[str, Any] = {"step": self.step, "loss": total}
             if val is not None and val_every and (self.step % val_every == 0 or self.step == steps):
-                rec["val_loss"] = self.validation_loss(*val, seed=seed)
-            if grid is not None and sample_every and (self.step % sample_every == 0 or self.step == steps):
+                v = self.validation_loss(*val, seed=seed) if main else None
+                rec["val_loss"] = dist.broadcast_object(v)
+            if main and grid is not None and sample_every and (self.step % sample_every == 0 or self.step == steps):
                 self.save_grid(out / "samples" / f"step_{self.step:07d}.png", grid, grid_sampler, grid_guidance)
             history.append(rec)
-            if log:
+            if log and main:
                 log(rec)
             bar.set_postfix(loss=f"{loss_ema:.4f}", **({"val": f"{rec['val_loss']:.4f}"} if "val_loss" in rec else {}))
             bar.update(1)
             if (checkpoint_every and self.step % checkpoint_every == 0) or self.step == end:
-                self._save_checkpoint(ckdir, opt, gen, history, keep_checkpoints)
+                if main:
+                    self._save_checkpoint(ckdir, opt, gen, history, keep_checkpoints, world)
+                dist.barrier()
         bar.close()
         self.model.eval()
         elapsed = time.perf_counter() - t0
         done = max(0, end - start)
         return {"step": self.step, "steps_run": done, "steps_per_s": done / elapsed if elapsed > 0 else None,
+                "images_per_s": done * batch_size * grad_accum / elapsed if elapsed > 0 else None,
                 "final_loss": history[-1]["loss"] if history else None, "history": history,
-                "stopped_early": end < steps}
+                "stopped_early": end < steps, "world_size": world, "per_rank_batch_size": -(-batch_size // world),
+                "effective_batch_size": batch_size * grad_accum}
 
     def validation_loss(self, sketches: np.ndarray, tokens: list[np.ndarray], seed: int = 0, batch_size: int = 32) -> float:
         """Mean denoising loss on held-out data with every condition kept, fixed
@@ -680,11 +730,11 @@ class DiffusionGenerator:
         self.meta = {k: meta[k] for k in ("dataset",) if k in meta}
         return self
 
-    def _save_checkpoint(self, ckdir: Path, opt, gen, history, keep: int) -> Path:
+    def _save_checkpoint(self, ckdir: Path, opt, gen, history, keep: int, world_size: int = 1) -> Path:
         import torch
 
         d = self.save_pretrained(ckdir / f"step_{self.step:07d}")
-        state = {"step": self.step, "optimizer": opt.state_dict(), "rng": gen.get_state()}
+        state = {"step": self.step, "optimizer": opt.state_dict(), "rng": gen.get_state(), "world_size": world_size}
         tmp = d / ".trainer_state.pt.tmp"
         torch.save(state, tmp)
         os.replace(tmp, d / "trainer_state.pt")
@@ -693,23 +743,36 @@ class DiffusionGenerator:
             shutil.rmtree(old, ignore_errors=True)
         return d
 
-    def _load_training_state(self, d: Path, opt, gen) -> int:
+    def _read_training_state(self, d: Path) -> dict[str, Any]:
+        """Everything a resumed ``fit`` needs from checkpoint ``d``, as plain data
+        (CPU tensors): model, EMA, optimizer, RNG state, step, history."""
         import torch
         from safetensors.torch import load_file
 
-        sd = load_file(str(d / "model.safetensors"))
-        self.model.load_state_dict(sd)
-        if self.ema is not None and (d / "ema.safetensors").is_file():
-            ema = load_file(str(d / "ema.safetensors"))
-            self.ema.shadow = {k: ema[k].float().to(self.device) for k in self.ema.shadow}
+        state: dict[str, Any] = {"model": load_file(str(d / "model.safetensors")), "ema": None}
+        if (d / "ema.safetensors").is_file():
+            state["ema"] = load_file(str(d / "ema.safetensors"))
         try:
-            state = torch.load(d / "trainer_state.pt", map_location="cpu", weights_only=True)
+            trainer = torch.load(d / "trainer_state.pt", map_location="cpu", weights_only=True)
         except Exception as err:
             raise DataError(f"cannot resume from {d}: trainer_state.pt unreadable ({err}); delete that folder") from None
+        state.update(optimizer=trainer["optimizer"], rng=trainer["rng"], step=int(trainer["step"]),
+                     world_size=int(trainer.get("world_size", 1)))
+        hist = d / "history.json"
+        state["history"] = json.loads(hist.read_text()) if hist.is_file() else []
+        return state
+
+    def _apply_training_state(self, state: dict[str, Any], opt, gen) -> int:
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.shadow = {k: state["ema"][k].float().to(self.device) for k in self.ema.shadow}
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["rng"])
         self.step = int(state["step"])
         return self.step
+
+    def _load_training_state(self, d: Path, opt, gen) -> int:
+        return self._apply_training_state(self._read_training_state(d), opt, gen)
 
 
 def latest_checkpoint(ckdir: Path) -> Path | None:

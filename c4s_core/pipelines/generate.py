@@ -31,6 +31,14 @@ missing images is regenerated whole and only the missing files are written.
 Each shard appends its records per batch to ``manifest.shard-i-of-n.jsonl``;
 every finished shard merges all parts (and an existing ``manifest.jsonl``) into
 ``manifest.jsonl``; once that lists every job the parts are deleted.
+
+Under ``torchrun --nproc-per-node N`` (gloo on CPUs, NCCL on GPUs; each rank
+samples on ``cuda:LOCAL_RANK``) rank ``r`` of ``N`` with ``--shard i/n`` does
+shard ``i*N + r`` of ``n*N``. Rank 0 alone prepares ``OUT`` (generate.json,
+config, removal of partial files); after the last batch every rank waits and
+rank 0 merges the parts into ``manifest.jsonl``. ``OUT`` must be a folder all
+ranks share. With the same seed, batch size and threads per process the set is
+byte-identical to a one-process run.
 """
 
 from __future__ import annotations
@@ -241,10 +249,27 @@ def _run_key(config: Config, ck_hash: str) -> dict[str, Any]:
 
 
 def run(config: Config, progress: bool = True) -> dict:
+    """Generate; under torchrun, every process calls this with the same config
+    and takes its share of the batches (combined with ``--shard``)."""
+    import os
+
+    from .. import distributed as dist
+
+    device = config.device
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and device in (None, "cuda"):
+        import torch  # under torchrun each rank samples on its own GPU
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+    # the process group exists before any file is touched: rank 0 alone prepares OUT
+    with dist.init_from_env(None if device is None else device.split(":")[0]) as ctx:
+        return _run(config, progress, ctx, device)
+
+
+def _run(config: Config, progress: bool, ctx, device: str | None) -> dict:
     import hashlib
     import inspect
     import json
-    import os
     import time
 
     import numpy as np
@@ -258,15 +283,10 @@ def run(config: Config, progress: bool = True) -> dict:
     from .common import prepare_out, remove_partial_files, save_run_config, write_json
     from .train_generator import align_all
 
-    out = prepare_out(config.out)
+    out = prepare_out(config.out) if ctx.is_main else Path(config.out)
+    dist.barrier()
     regs = get_registries()
     t_start = time.perf_counter()
-    device = config.device
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and device in (None, "cuda"):
-        import torch  # under torchrun each rank samples on its own GPU
-
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
     # -- generator -------------------------------------------------------------------
     if config.checkpoint is not None:
         gen = load_generator(config.checkpoint, device)
@@ -302,10 +322,15 @@ def run(config: Config, progress: bool = True) -> dict:
                              if key.get(k) != old.get("settings", {}).get(k))
             raise DataError(f"{out} holds a set generated with other settings (changed: {', '.join(changed)}); "
                             "use another --out or delete that folder")
-    write_json(gj, {"format": FORMAT, "settings": key, "settings_hash": key_hash, "generator": gen_name,
-                    "checkpoint": str(config.checkpoint) if config.checkpoint else None})
-    removed = remove_partial_files(out)
-    save_run_config(out, "generate", config)
+    dist.barrier()  # every rank has checked generate.json before rank 0 rewrites it
+    removed = 0
+    if ctx.is_main:  # one writer; no rank deletes another's temp files mid-write
+        write_json(gj, {"format": FORMAT, "settings": key, "settings_hash": key_hash, "generator": gen_name,
+                        "checkpoint": str(config.checkpoint) if config.checkpoint else None})
+        removed = remove_partial_files(out)
+        save_run_config(out, "generate", config, {"distributed": dist.DistributedInfo.current(
+            device or getattr(gen, "device", "cpu"), shard=config.shard, unit="whole batches of batch_size").as_dict()})
+    dist.barrier()
 
     # -- identities ----------------------------------------------------------------------
     ds = regs.dataset.build(config.dataset)
@@ -344,91 +369,97 @@ def run(config: Config, progress: bool = True) -> dict:
 
     sim = _similarity(config, gen)
     all_parts = lambda: sorted(out.glob("manifest.shard-*.jsonl"))  # noqa: E731
-    with dist.init_from_env(None if device is None else device.split(":")[0]) as ctx:
-        mine = shard_batches(nb, shard, ctx.rank, ctx.world)
-        gi, gn = shard[0] * ctx.world + ctx.rank + 1, shard[1] * ctx.world
-        part = out / f"manifest.shard-{gi}-of-{gn}.jsonl"
-        known: dict[str, dict] = {}
-        for p in all_parts() + ([out / "manifest.jsonl"] if (out / "manifest.jsonl").is_file() else []):
-            for r in iter_manifest(p):
-                known.setdefault(r["path"], r)
-        written = kept = 0
-        budget = config.stop_after
-        stopped = False
-        bar = tqdm(total=len(mine) and sum(min(config.batch_size, len(jobs) - b * config.batch_size) for b in mine),
-                   desc="generate", unit="img", disable=not dist.rank0_progress(progress))
-        for b in mine:
-            chunk = jobs[b * config.batch_size:(b + 1) * config.batch_size]
-            paths = [rel(j) for j in chunk]
-            missing = [i for i, p in enumerate(paths) if not (out / p).is_file()]
-            new_recs = []
-            if config.write_photos:
-                for d in dict.fromkeys(j[0] for j in chunk):
-                    pp = f"{folders[d]}/photo.png"
-                    if not (out / pp).is_file():
-                        save_image(out / pp, photo[d])
-                    if pp not in known:
-                        new_recs.append({"path": pp, "identity": d, "modality": "photo", "style": None,
-                                         "source_sha": src_hash[d], "sha": array_hash(photo[d])})
-            if missing:
-                if budget is not None and written + len(missing) > budget:
-                    missing = missing[: budget - written]  # like a kill mid-batch: some files, no records
-                    stopped = True
-                seeds = [job_seed(config.seed, *j) for j in chunk]
-                kw: dict[str, Any] = {"seeds": seeds, "num_per_input": 1}
-                if uses_sampler:
-                    kw["sampler"] = config.sampler
-                if "guidance" in params:
-                    kw["guidance"] = guidance
-                if "batch_size" in params:
-                    kw["batch_size"] = len(chunk)
-                imgs = gen.sample([photo[j[0]] for j in chunk], [j[1] for j in chunk], **kw)
-                for i in missing:
-                    save_image(out / paths[i], imgs[i])
-                written += len(missing)
-                if stopped:
-                    break
-                kept += len(chunk) - len(missing)
-            else:
-                kept += len(chunk)
-                imgs = None
-            todo = [i for i, p in enumerate(paths) if p not in known]
-            if todo:
-                if imgs is None:
-                    imgs = np.stack([load_image(out / p) for p in paths])
-                scores = (sim.scores(imgs, [chunk[i][0] for i in range(len(chunk))],
-                                     [photo[j[0]] for j in chunk]) if sim else [None] * len(chunk))
-                for i in todo:
-                    d, st, k = chunk[i]
-                    new_recs.append({
-                        "path": paths[i], "identity": d, "modality": "sketch", "style": st, "k": k,
-                        "source_sha": src_hash[d], "sha": array_hash(imgs[i]), "seed": job_seed(config.seed, d, st, k),
-                        "run_seed": config.seed, "generator": gen_name, "checkpoint_hash": ck_hash,
-                        "sampler": config.sampler.name if uses_sampler else None,
-                        "steps": config.sampler.options.get("steps") if uses_sampler else None,
-                        "sampler_options": sampler_rec["options"] if sampler_rec else None,
-                        "guidance": guidance if uses_sampler else None, "conditioners": cond_names,
-                        "identity_similarity": scores[i], "similarity_encoder": sim.name if sim else None,
-                    })
-            if new_recs:
-                append_manifest(part, new_recs)
-                for r in new_recs:
-                    known[r["path"]] = r
-            bar.update(len(chunk))
-        bar.close()
-        dist.barrier()
-        total = len(jobs) + (len(idents) if config.write_photos else 0)
-        merged, complete = None, False
-        if ctx.is_main and not stopped:
-            merged, complete = merge_set(out, total)
-        dist.barrier()
+    mine = shard_batches(nb, shard, ctx.rank, ctx.world)
+    gi, gn = shard[0] * ctx.world + ctx.rank + 1, shard[1] * ctx.world
+    part = out / f"manifest.shard-{gi}-of-{gn}.jsonl"
+    known: dict[str, dict] = {}
+    for p in all_parts() + ([out / "manifest.jsonl"] if (out / "manifest.jsonl").is_file() else []):
+        for r in iter_manifest(p):
+            known.setdefault(r["path"], r)
+    dist.barrier()  # read before any rank appends to its part
+    written = kept = 0
+    budget = config.stop_after
+    stopped = False
+    t_loop = time.perf_counter()
+    bar = tqdm(total=len(mine) and sum(min(config.batch_size, len(jobs) - b * config.batch_size) for b in mine),
+               desc="generate", unit="img", disable=not dist.rank0_progress(progress))
+    for b in mine:
+        chunk = jobs[b * config.batch_size:(b + 1) * config.batch_size]
+        paths = [rel(j) for j in chunk]
+        missing = [i for i, p in enumerate(paths) if not (out / p).is_file()]
+        new_recs = []
+        if config.write_photos:
+            for d in dict.fromkeys(j[0] for j in chunk):
+                pp = f"{folders[d]}/photo.png"
+                if not (out / pp).is_file():
+                    save_image(out / pp, photo[d])
+                if pp not in known:
+                    new_recs.append({"path": pp, "identity": d, "modality": "photo", "style": None,
+                                     "source_sha": src_hash[d], "sha": array_hash(photo[d])})
+        if missing:
+            if budget is not None and written + len(missing) > budget:
+                missing = missing[: budget - written]  # like a kill mid-batch: some files, no records
+                stopped = True
+            seeds = [job_seed(config.seed, *j) for j in chunk]
+            kw: dict[str, Any] = {"seeds": seeds, "num_per_input": 1}
+            if uses_sampler:
+                kw["sampler"] = config.sampler
+            if "guidance" in params:
+                kw["guidance"] = guidance
+            if "batch_size" in params:
+                kw["batch_size"] = len(chunk)
+            imgs = gen.sample([photo[j[0]] for j in chunk], [j[1] for j in chunk], **kw)
+            for i in missing:
+                save_image(out / paths[i], imgs[i])
+            written += len(missing)
+            if stopped:
+                break
+            kept += len(chunk) - len(missing)
+        else:
+            kept += len(chunk)
+            imgs = None
+        todo = [i for i, p in enumerate(paths) if p not in known]
+        if todo:
+            if imgs is None:
+                imgs = np.stack([load_image(out / p) for p in paths])
+            scores = (sim.scores(imgs, [chunk[i][0] for i in range(len(chunk))],
+                                 [photo[j[0]] for j in chunk]) if sim else [None] * len(chunk))
+            for i in todo:
+                d, st, k = chunk[i]
+                new_recs.append({
+                    "path": paths[i], "identity": d, "modality": "sketch", "style": st, "k": k,
+                    "source_sha": src_hash[d], "sha": array_hash(imgs[i]), "seed": job_seed(config.seed, d, st, k),
+                    "run_seed": config.seed, "generator": gen_name, "checkpoint_hash": ck_hash,
+                    "sampler": config.sampler.name if uses_sampler else None,
+                    "steps": config.sampler.options.get("steps") if uses_sampler else None,
+                    "sampler_options": sampler_rec["options"] if sampler_rec else None,
+                    "guidance": guidance if uses_sampler else None, "conditioners": cond_names,
+                    "identity_similarity": scores[i], "similarity_encoder": sim.name if sim else None,
+                })
+        if new_recs:
+            append_manifest(part, new_recs)
+            for r in new_recs:
+                known[r["path"]] = r
+        bar.update(len(chunk))
+    bar.close()
+    dist.barrier()
+    loop_s = time.perf_counter() - t_loop  # the slowest rank's, after the barrier
+    total = len(jobs) + (len(idents) if config.write_photos else 0)
+    merged, complete = None, False
+    if ctx.is_main and not stopped:
+        merged, complete = merge_set(out, total)
+    merged, complete = dist.broadcast_object((merged, complete))
+    counts = dist.all_gather_object((written, kept, stopped))
     return {
         "out": str(out), "generator": gen_name, "checkpoint_hash": ck_hash, "identities": len(idents),
         "dropped_by_aligner": dropped, "styles": config.styles, "jobs": len(jobs),
         "shard": f"{gi}/{gn}", "batches": len(mine), "written": written, "kept": kept,
         "partial_files_removed": removed, "stopped_early": stopped, "manifest_records": merged,
         "complete": complete, "similarity_encoder": sim.name if sim else None,
-        "seconds": time.perf_counter() - t_start,
+        "seconds": time.perf_counter() - t_start, "world_size": ctx.world,
+        "written_all_ranks": sum(c[0] for c in counts), "kept_all_ranks": sum(c[1] for c in counts),
+        "stopped_any_rank": any(c[2] for c in counts), "generate_seconds": round(loop_s, 3),
+        "images_per_s": round(sum(c[0] for c in counts) / loop_s, 2) if loop_s > 0 else None,
     }
 
 

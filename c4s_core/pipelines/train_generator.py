@@ -16,6 +16,19 @@ generator.json), ``checkpoints/step_N/`` (resumable), ``samples/step_N.png``
 ``config.yaml``, ``cache/`` (condition embeddings keyed by image hash and
 encoder identity). ``--resume`` continues from the newest checkpoint with the
 same data order and randomness, giving the same weights as an uninterrupted run.
+
+Under ``torchrun --nproc-per-node N`` (one or several nodes) the same command
+trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs): ``batch_size``
+is the global batch (it must divide by N), every rank follows the same batch
+plan and takes its contiguous rows, the noise, timesteps and condition drops of
+the whole global batch are drawn on every rank from the shared generator, and
+gradients are averaged as the global mean: N processes give the weights of one
+process (up to float rounding). The learning rate is not rescaled. Rank 0 logs,
+validates, draws the grids and writes; every rank reads the dataset (rank 0
+encodes the conditions first and fills the cache, the others read it when
+``cache_dir`` is shared, else encode themselves). Checkpoints hold plain state
+dicts, so ``--resume`` works with another number of processes. Generators
+trained through ``fit_pairs`` (gan) run in one process only.
 """
 
 from __future__ import annotations
@@ -152,28 +165,64 @@ def align_all(config: Config, images, size: int):
 
 
 def run(config: Config, progress: bool = True) -> dict:
+    """Train; under torchrun, every process calls this with the same config."""
+    from .. import distributed as dist
+
+    device_type = _device_type(config)
+    with dist.init_from_env(device_type) as ctx:
+        return _run(config, progress, ctx, device_type)
+
+
+def _device_type(config: Config) -> str:
+    """cuda or cpu, from the generator's ``device`` option (auto: cuda if available)."""
+    import torch
+
+    dev = str(config.generator.options.get("device", "auto"))
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return dev.split(":")[0]
+
+
+def _run(config: Config, progress: bool, ctx, device_type: str) -> dict:
     import hashlib
     import time
 
     import numpy as np
 
+    from .. import distributed as dist
     from ..data.io import array_hash, resize
     from ..errors import ConfigError
     from ..plugins import get_registries
     from .common import prepare_out, save_run_config, write_json
 
-    out = prepare_out(config.out)
+    main, world = ctx.is_main, ctx.world
+    per_rank = dist.per_rank_batch(config.batch_size, world)
+    show = progress and main
+    out = prepare_out(config.out) if main else Path(config.out)
     regs = get_registries()
-    save_run_config(out, "train-generator", config)
     ds = regs.dataset.build(config.dataset)
-    gen = regs.generator.build(config.generator)
+    gen_spec = config.generator
+    device = ctx.device(device_type)
+    if world > 1 and device_type == "cuda":  # each rank on its own GPU
+        entry = regs.generator.get(gen_spec.name)
+        if "device" in entry.config_cls.model_fields:
+            gen_spec = gen_spec.model_copy(update={"options": {**gen_spec.options, "device": str(device)}})
+    gen = regs.generator.build(gen_spec)
     pairs_mode = hasattr(gen, "fit_pairs")  # e.g. gan: trains on (photo, sketch, style) directly
     if not pairs_mode and (not hasattr(gen, "fit") or not hasattr(gen, "encode_conditions")):
         raise ConfigError(f"generator {config.generator.name!r} cannot be trained by train-generator "
                           "(no fit_pairs, nor fit/encode_conditions)")
+    if pairs_mode and world > 1:
+        raise ConfigError(f"generator {config.generator.name!r} trains through fit_pairs, which has no torchrun "
+                          f"support; run train-generator in one process (without torchrun), not {world}")
+    info = dist.DistributedInfo.current(device, per_rank_batch=per_rank, lr=config.lr, grad_accum=config.grad_accum)
+    info.effective_batch = config.batch_size * config.grad_accum
+    info = info.as_dict()
+    if main:
+        save_run_config(out, "train-generator", config, {"distributed": info})
     size = gen.size
 
-    P, S, ST, ID = build_pairs(config, ds, progress)
+    P, S, ST, ID = build_pairs(config, ds, show)
     csize = max(config.condition_size, size)
     Pa, sk1 = align_all(config, P, csize)
     Sa, sk2 = align_all(config, S, csize)
@@ -204,7 +253,13 @@ def run(config: Config, progress: bool = True) -> dict:
 
     cache_dir = config.cache_dir or (out / "cache")
     t0 = time.perf_counter()
-    tokens = [] if pairs_mode else gen.encode_conditions(photos, styles, cache_dir)
+    tokens = []
+    if not pairs_mode:  # rank 0 fills the cache first; the others then read it (or encode, if not shared)
+        if main:
+            tokens = gen.encode_conditions(photos, styles, cache_dir)
+        dist.barrier()
+        if not main:
+            tokens = gen.encode_conditions(photos, styles, cache_dir)
     t_enc = time.perf_counter() - t0
 
     grid = None
@@ -223,7 +278,7 @@ def run(config: Config, progress: bool = True) -> dict:
         out=out, steps=config.steps, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
         checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
         val_every=config.val_every or config.steps, sample_every=config.sample_every or config.steps, grid=grid,
-        resume=config.resume, stop_after=config.stop_after, progress=progress,
+        resume=config.resume, stop_after=config.stop_after, progress=show,
     )
     if pairs_mode:
         res = gen.fit_pairs(
@@ -239,10 +294,11 @@ def run(config: Config, progress: bool = True) -> dict:
             val=(sketches[vsel], [t[vsel] for t in tokens]) if len(va) else None,
             val_every=config.val_every or config.steps, sample_every=config.sample_every or config.steps,
             grid=grid, grid_sampler=config.grid_sampler, grid_guidance=guidance,
-            resume=config.resume, stop_after=config.stop_after, progress=progress,
+            resume=config.resume, stop_after=config.stop_after, progress=show,
         )
     history = res.pop("history")
-    write_json(out / "history.json", history)
+    if main:
+        write_json(out / "history.json", history)
     summary = {
         "out": str(out), "step": res["step"], "steps_run": res["steps_run"], "steps_per_s": res["steps_per_s"],
         "stopped_early": res["stopped_early"], "final_loss": res["final_loss"],
@@ -250,9 +306,14 @@ def run(config: Config, progress: bool = True) -> dict:
         "val_loss": next((r["val_loss"] for r in reversed(history) if "val_loss" in r), None),
         "encode_seconds": t_enc, "dataset": gen.meta["dataset"],
         "conditioners": [{k: r[k] for k in ("name", "role", "num_tokens", "dim")} for r in gen.conditioner_records()],
+        "images_per_s": res.get("images_per_s"), "world_size": world, "per_rank_batch_size": per_rank,
+        "effective_batch_size": config.batch_size * config.grad_accum, "lr": config.lr, "distributed": info,
     }
     if not res["stopped_early"]:
-        gen.save_pretrained(out / "generator")
+        if main:
+            gen.save_pretrained(out / "generator")
         summary["generator"] = str(out / "generator")
-    write_json(out / "summary.json", summary)
+    if main:
+        write_json(out / "summary.json", summary)
+    dist.barrier()
     return summary
