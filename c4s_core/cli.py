@@ -190,7 +190,8 @@ _PIPELINE_HELP = {
     "export": "Export a matcher to ONNX (uint8 RGB in, unit embeddings out), checked against torch; fp16/int8.",
     "generate": "Generate a synthetic sketch set (OUT/IDENTITY/STYLE_K.png + manifest.jsonl) with any generator.",
     "report-dataset": "Report on a generated set: identity similarity, diversity, style counts, contact sheet.",
-    "demo": "The main job on the embedded default: every stage that exists, with a report.",
+    "experiment": "The paper's comparison: real vs real + diffusion/GAN/procedural sketches, same matcher and budget, beside HOG.",
+    "demo": "The main job on the embedded default: the whole CLIP4Sketch loop, from generator to deployed search, with a report.",
 }
 
 

@@ -1,16 +1,20 @@
-"""The main job on the embedded default data, every stage that exists so far.
+"""The main job on the embedded default data: the whole CLIP4Sketch loop.
 
-1. ``synth``: render synthfaces identities (photos and pencil line sketches).
-2. ``styles``: procedural sketch baselines of those photos, one per renderer.
-3. ``evaluate``: match sketches against a gallery of photos plus distractor
-   identities with each baseline matcher, on aligned sketches and on sketches
-   shifted, scaled and rotated a little (real sketches are never pixel-aligned).
-4. ``report.md``: the comparison table and the figures.
+1. ``experiment`` (arms ``real`` and ``diffusion`` by default): split the data,
+   train a small diffusion generator on the real pairs, generate sketches of
+   new identities with a fast sampler, train the same matcher on real only and
+   on real + generated sketches, evaluate both (and HOG) on unseen people, on
+   aligned and on slightly shifted/scaled/rotated sketches.
+2. ``export``: the better matcher (rank-1 on perturbed probes) to checked ONNX.
+3. ``match``: enroll the test gallery (photos + distractors) with the ONNX
+   model and search a few probe sketches, as a deployment would.
+4. ``report.md``: the comparison table, plots, sample grids and search results.
 
-Each stage runs as the normal pipeline with its ``config.yaml`` saved beside
-its output, so any stage can be rerun bigger on its own. Later stages of
-CLIP4Sketch (train-generator, generate, train-matcher, export, match) join
-this list as they land.
+Every stage runs as its normal pipeline with its ``config.yaml`` saved in its
+folder, so a user can rerun any stage bigger. The defaults are sized for about
+ten minutes on two CPU cores; they show the loop working, not the paper's
+figures (see README). Real data is one config change: ``experiment.train``
+(see ``examples/configs/demo-cufs.yaml``).
 """
 
 from __future__ import annotations
@@ -20,129 +24,172 @@ from pathlib import Path
 from pydantic import Field
 
 from ..config import C4SModel, ComponentSpec
+from .experiment import Config as ExperimentConfig
+from .experiment import MatcherSettings
+
+
+def _synth(seed: int, prefix: str, n: int, sketches: int, styles=("pencil",)) -> ComponentSpec:
+    return ComponentSpec(name="synthfaces", options={
+        "num_identities": n, "images_per_identity": 1, "sketches_per_identity": sketches, "seed": seed,
+        "prefix": prefix, "size": 64, "styles": list(styles)})
+
+
+def _demo_experiment() -> ExperimentConfig:
+    return ExperimentConfig(
+        arms=["real", "diffusion"],
+        train=_synth(0, "tr", 60, 2, ("pencil", "charcoal")),
+        test=_synth(1, "te", 60, 1, ("pencil",)),
+        distractors=_synth(3, "dx", 200, 0),
+        new_identities=_synth(2, "nw", 80, 0),
+        diffusion=ComponentSpec(name="diffusion", options={"preset": "tiny", "sample_size": 48}),
+        diffusion_steps=250,
+        generator_options={"batch_size": 16, "checkpoint_every": 100, "sample_every": 0, "val_every": 0,
+                           "grid_identities": 4, "condition_size": 64, "val_fraction": 0.0, "lr": 1e-3,
+                           "warmup_steps": 20},
+        styles=["pencil", "charcoal"],
+        num_per_style=1,
+        sampler=ComponentSpec(name="dpmsolver++", options={"steps": 15}),
+        matcher=MatcherSettings(epochs=12, batch_size=32, threads=None),
+    )
 
 
 class Config(C4SModel):
     out: Path = Field(Path("c4s-out/demo"), description="Report folder; one sub-folder per stage.")
-    identities: int = Field(50, ge=2, le=100_000, description="Synthfaces identities used as probes and mates.")
-    distractors: int = Field(300, ge=0, le=1_000_000, description="Extra gallery identities with no probe.")
-    seed: int = Field(0, description="Seed of the synthetic identities and perturbations.")
-    backbones: list[str] = Field(
-        default_factory=lambda: ["hog", "dlib_resnet"],
-        description="Matchers to compare (backbone names); ones whose extra is missing are reported and skipped.",
-    )
-    aligner: ComponentSpec = Field(
-        default_factory=lambda: ComponentSpec(name="center"), description="Aligner applied before matching."
-    )
-    styles: list[str] = Field(
-        default_factory=lambda: ["xdog", "pencil_dodge", "edges", "line_drawing", "charcoal"],
-        description="Procedural sketch styles shown in the styles stage.",
-    )
+    experiment: ExperimentConfig = Field(
+        default_factory=_demo_experiment,
+        description="The comparison run first (its `out` is set to OUT/experiment).")
+    search_probes: int = Field(5, ge=0, le=1000, description="Probe sketches searched with the deployed model.")
+    top_k: int = Field(5, ge=1, le=100, description="Candidates listed per searched sketch.")
+    resume: bool = Field(False, description="Skip the stages that finished; continue unfinished trainings.")
 
 
 def run(config: Config, progress: bool = True) -> dict:
+    import json
     import sys
+    import time
+
+    from click.testing import CliRunner
 
     from ..data.io import save_image
-    from ..errors import MissingDependencyError
+    from ..errors import C4SError
+    from ..match_cli import match
     from ..plugins import get_registries
-    from . import evaluate, synth
+    from . import experiment, export
     from .common import prepare_out, save_run_config, write_json
 
+    t0 = time.time()
     out = prepare_out(config.out)
     save_run_config(out, "demo", config)
+    say = (lambda m: print(f"c4s demo: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    times: dict[str, float] = {}
+
+    say("1/3 experiment: generator, generated set, matchers, evaluation")
+    t = time.time()
+    exp_cfg = config.experiment.model_copy(update={"out": out / "experiment", "resume": config.resume})
+    res = experiment.run(exp_cfg, progress=progress)
+    times["experiment"] = round(time.time() - t, 1)
+
+    # the better learnt arm on the probes that look like real use (perturbed if measured)
+    probe_kind = res["probes"][-1]
+    best = max(res["arms"], key=lambda a: (res["metrics"][a][probe_kind].get("rank-1") or 0.0))
+    say(f"2/3 export: matcher of arm '{best}' (best rank-1 on {probe_kind} probes) to ONNX")
+    t = time.time()
+    exp_out = out / "export"
+    ex = export.run(export.Config(
+        backbone=ComponentSpec(name="matcher", options={"path": str((out / "experiment" / f"04-matcher-{best}" / "last").resolve())}),
+        out=exp_out, check_batches=[1, 7, 64]), progress=progress)
+    times["export"] = round(time.time() - t, 1)
+
+    say("3/3 match: enroll the test gallery with the ONNX model and search probe sketches")
+    t = time.time()
     regs = get_registries()
-    say = (lambda m: print(f"c4s demo: {m}", file=sys.stderr)) if progress else (lambda m: None)
+    dep = out / "deploy"
+    gallery, probes = dep / "gallery", dep / "probes"
+    test_spec = ComponentSpec.model_validate(res["data"]["test"])
+    seen: set[str] = set()
+    probe_files: list[Path] = []
+    specs = [test_spec] + ([exp_cfg.distractors] if exp_cfg.distractors else [])
+    for spec in specs:
+        ds = regs.dataset.build(spec)
+        for i in range(len(ds)):
+            ref = ds.refs[i]
+            if ref.modality == "photo" and ref.identity not in seen:
+                seen.add(ref.identity)
+                p = gallery / f"{ref.identity}.png"
+                if not p.exists():
+                    save_image(p, ds[i].image)
+            elif spec is test_spec and ref.modality == "sketch" and len(probe_files) < config.search_probes:
+                p = probes / f"{ref.identity}.png"
+                if not p.exists():
+                    save_image(p, ds[i].image)
+                probe_files.append(p)
+    aligner = exp_cfg.aligner
+    al = ["--aligner", aligner.name] + [x for k, v in aligner.options.items() for x in ("--aligner-option", f"{k}={json.dumps(v)}")]
+    runner = CliRunner()
+    index = dep / "index"
+    r = runner.invoke(match, ["enroll", "--model", str(ex["model"]), "--photos", str(gallery), "--index", str(index),
+                              "--overwrite", "--no-progress", *al, "--json"], catch_exceptions=False)
+    if r.exit_code != 0:
+        raise C4SError(f"demo: match enroll failed: {r.output}")
+    hits = []
+    if probe_files:
+        r = runner.invoke(match, ["search", "--index", str(index), "--model", str(ex["model"]), "--top-k",
+                                  str(config.top_k), "--json", *map(str, probe_files)], catch_exceptions=False)
+        if r.exit_code != 0:
+            raise C4SError(f"demo: match search failed: {r.output}")
+        hits = json.loads(r.output)["results"]
+    write_json(dep / "search.json", hits)
+    times["match"] = round(time.time() - t, 1)
+    times["total"] = round(time.time() - t0, 1)
 
-    faces = ComponentSpec(name="synthfaces", options={"num_identities": config.identities, "seed": config.seed})
-    others = ComponentSpec(
-        name="synthfaces",
-        options={"num_identities": max(config.distractors, 1), "seed": config.seed + 1, "prefix": "dx",
-                 "images_per_identity": 1, "sketches_per_identity": 0},
-    )
-
-    say("1/3 synth: rendering synthfaces")
-    s = synth.run(synth.Config(dataset=faces, out=out / "01-synth"), progress=progress)
-
-    say("2/3 styles: procedural sketch baselines")
-    ds = regs.dataset.build(faces)
-    photos = [ds[i].image for i in range(len(ds)) if ds[i].modality == "photo"][:4]
-    rows = []
-    for name in config.styles:
-        style = regs.sketch_style.build(name)
-        rows.append([style.render(p) for p in photos])
-    (out / "02-styles").mkdir(exist_ok=True)
-    save_image(out / "02-styles" / "styles.png", synth.grid([photos] + rows))
-
-    say("3/3 evaluate: sketches vs photos + distractors")
-    results, skipped = [], []
-    for bb in config.backbones:
-        for perturbed in (False, True):
-            tag = f"{bb}-{'perturbed' if perturbed else 'aligned'}"
-            cfg = evaluate.Config(
-                probes=faces, gallery=faces,
-                distractors=others if config.distractors else None,
-                backbone=ComponentSpec(name=bb), aligner=config.aligner,
-                out=out / f"03-evaluate-{tag}",
-                perturb=evaluate.Perturb(seed=config.seed) if perturbed else None,
-            )
-            try:
-                r = evaluate.run(cfg, progress=progress)
-            except MissingDependencyError as err:
-                skipped.append({"backbone": bb, "why": str(err)})
-                say(f"skipping {bb}: {err}")
-                break
-            results.append({"backbone": bb, "probes": "perturbed" if perturbed else "aligned",
-                            "folder": cfg.out.name, **_metrics(r)})
-
-    summary = {"out": str(out), "synth": s, "evaluations": results, "skipped": skipped}
+    summary = {"out": str(out), "report": str(out / "report.md"), "best_arm": best, "onnx": str(ex["model"]),
+               "metrics": res["metrics"], "verdicts": res["verdicts"], "gallery_size": len(seen),
+               "searched": len(probe_files), "seconds": times}
     write_json(out / "summary.json", summary)
-    (out / "report.md").write_text(_report(config, s, results, skipped))
-    say(f"report: {out / 'report.md'}")
+    (out / "report.md").write_text(_report(config, res, ex, best, hits, len(seen), times))
+    say(f"done in {times['total']:.0f} s; report: {out / 'report.md'}")
     return summary
 
 
-def _metrics(r: dict) -> dict:
-    """Flatten an evaluate report into the demo table's columns."""
-    m = {f"rank-{k}": v for k, v in r["rank"].items()}
-    m.update({f"TAR@FAR={k}": v for k, v in r["tar_at_far"].items()})
-    m["AUC"] = r["auc"]
-    return m
-
-
-def _report(config: Config, s: dict, results: list[dict], skipped: list[dict]) -> str:
-    cols = [k for k in (results[0] if results else {}) if k not in ("backbone", "probes", "folder")]
+def _report(config: Config, res: dict, ex: dict, best: str, hits, gallery: int, times: dict) -> str:
+    exp_md = (Path(res["out"]) / "report.md").read_text()
+    body = exp_md.split("\n", 1)[1] if exp_md.startswith("#") else exp_md
+    body = body.replace("](", "](experiment/").replace("](experiment/http", "](http")
     lines = [
         "# c4s demo report",
         "",
-        f"Embedded synthfaces data: {s['identities']} identities ({s['images']} images), "
-        f"{config.distractors} distractor identities in the gallery, seed {config.seed}.",
+        "The whole CLIP4Sketch loop on the embedded synthfaces data, sized for a few minutes on two CPU cores:",
+        "a small generator, few steps, small matchers. It shows every stage working end to end; the",
+        "paper-scale comparison needs real data, more steps and a GPU (see README).",
         "",
-        "## Data",
+        "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in times.items()),
         "",
-        "![synthfaces contact sheet](01-synth/contact_sheet.png)",
+        "## Comparison (from `experiment/`)",
+        body.strip(),
         "",
-        "## Procedural sketch baselines",
-        "",
-        f"Top row: photos; then one row per style: {', '.join(config.styles)}.",
-        "",
-        "![styles](02-styles/styles.png)",
-        "",
-        "## Sketch-to-photo matching",
-        "",
-        "Probes are sketches; the gallery holds every identity's photos plus the distractors. "
-        "'perturbed' shifts, scales and rotates each sketch a little before alignment.",
-        "",
-        "| backbone | probes | " + " | ".join(cols) + " |",
-        "|---|---|" + "---|" * len(cols),
     ]
-    for r in results:
-        vals = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "n/a")) for c in cols]
-        lines.append(f"| {r['backbone']} | {r['probes']} | " + " | ".join(vals) + " |")
-    for sk in skipped:
-        lines.append(f"\nSkipped {sk['backbone']}: {sk['why']}")
-    lines += ["", "CMC curves:", ""]
-    lines += [f"![{r['folder']}]({r['folder']}/cmc.png)" for r in results]
-    lines += ["", "Each stage's folder holds its `config.yaml`; rerun one bigger with "
-              "`c4s <stage> --config <folder>/config.yaml --set ...`.", ""]
+    grids = sorted((Path(res["out"]) / "02-generator-diffusion" / "samples").glob("*.png"))
+    if grids:
+        lines += ["## Generator samples", "", f"![samples](experiment/02-generator-diffusion/samples/{grids[-1].name})", ""]
+    sheet = Path(res["out"]) / "03-generated-diffusion" / "contact_sheet.png"
+    if sheet.is_file():
+        lines += ["## Generated set", "", "![generated](experiment/03-generated-diffusion/contact_sheet.png)", ""]
+    lines += [
+        "## Deployment",
+        "",
+        f"Exported the `{best}` matcher to `export/{Path(ex['model']).name}`"
+        f" (parity max abs diff {ex.get('max_abs_diff', float('nan')):.2e}, min cosine {ex.get('min_cosine', float('nan')):.6f});"
+        f" enrolled {gallery} gallery identities; searched {len(hits)} sketches:",
+        "",
+        "| probe | top candidates (score) | mate found at |",
+        "|---|---|---|",
+    ]
+    for h in hits:
+        probe = Path(h["query"]).stem
+        cands = h["hits"]
+        ids = [c.get("identity") for c in cands]
+        rank = ids.index(probe) + 1 if probe in ids else f">{len(ids)}"
+        shown = ", ".join(f"{c.get('identity')} ({c.get('score', 0):.2f})" for c in cands[:3])
+        lines.append(f"| {probe} | {shown} | {rank} |")
+    lines += ["", "Rerun any stage bigger from its folder: `c4s <stage> --config <folder>/config.yaml --set ...`.", ""]
     return "\n".join(lines)

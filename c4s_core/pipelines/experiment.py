@@ -1,0 +1,652 @@
+"""The paper's comparison in one command: does a matcher trained with generated
+sketches beat one trained on the few real sketches, and do both beat HOG?
+
+Arms (``arms``), each training the **same** matcher (backbone, head, optimizer)
+with the **same budget**, then evaluated on the **same** test split:
+
+- ``real``: the real training pairs only;
+- ``diffusion``: real + sketches of *new* identities drawn by the CLIP4Sketch
+  diffusion generator trained (``diffusion_steps``) on the real pairs;
+- ``gan``: real + sketches of the same new identities by the pix2pix baseline
+  (``gan_steps``, same pairs);
+- ``procedural``: real + procedural renderings of the same new identities (no training).
+
+Every generated set holds, per new identity, its reference photo and
+``len(styles) x num_per_style`` sketches, so the three synthetic sets have the
+same identities and the same number of images.
+
+**Same budget.** Every arm's matcher sees exactly ``matcher.images_per_epoch``
+images per epoch for ``matcher.epochs`` epochs, so every arm takes the same
+number of optimizer steps: ``epochs x ceil(images_per_epoch / batch_size)``.
+The real-only arm repeats its real images to fill the epoch; a mixed arm draws
+``real_share`` of the epoch from the real data and the rest from its synthetic
+set (train-matcher's per-source ``ratio`` = wanted images / images in the
+source: 2.5 means twice over plus a random half). Defaults: ``images_per_epoch``
+= the largest arm's pooled data (real + synthetic), ``real_share`` = the real
+data's natural share of it, so a mixed arm sees each image once per epoch.
+There is no validation split inside train-matcher (``val_fraction`` 0): the
+matcher of the last epoch is evaluated (choosing an epoch on the test split
+would flatter it).
+
+**Data.** ``train`` gives the real training pairs (photos + sketches sharing
+identities), ``test`` the probes (sketches) and gallery (photos) of other
+people, ``distractors`` optional extra gallery photos, ``new_identities`` the
+reference photos of the new people to draw. With ``test: null`` an
+identity-disjoint test split of ``test_fraction`` of the ``train`` identities is
+carved out (written as manifests in ``01-data/``). The run refuses identity
+names shared between train, test, new identities and distractors.
+
+**Evaluation.** Each matcher (and HOG, the training-free baseline:
+``compare_with_hog``) is evaluated on aligned probes and, with ``perturb``, on
+probes shifted, scaled and rotated a little (real forensic sketches are never
+pixel-aligned).
+
+Output (``OUT``): one folder per stage, each with its ``config.yaml`` (rerun a
+stage alone with ``c4s <stage> --config``) and ``stage.json`` (written when it
+finished: its summary and config hash), ``results.json``, ``report.md`` (one
+table, one sentence per arm) and ``cmc.png`` (every arm and HOG on one plot).
+``--resume`` skips finished stages and continues unfinished trainings from
+their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..config import C4SModel, ComponentSpec
+from .evaluate import Perturb
+
+ARMS = ("real", "diffusion", "gan", "procedural")
+Arm = Literal["real", "diffusion", "gan", "procedural"]
+# train-generator / train-matcher fields the experiment sets itself
+_GEN_OWN = {"dataset", "generator", "steps", "out", "resume", "seed", "aligner", "stop_after"}
+_MATCHER_OWN = {"data", "aligner", "backbone", "head", "epochs", "batch_size", "lr", "device", "threads",
+                "out", "resume", "seed", "val_fraction", "stop_after"}
+METRICS = (("rank-1", ("rank", "1")), ("rank-10", ("rank", "10")),
+           ("TAR@FAR=1e-2", ("tar_at_far", "1e-02")), ("AUC", ("auc",)))
+
+
+def _synth(seed: int, prefix: str, n: int, sketches: int, size: int = 64) -> ComponentSpec:
+    return ComponentSpec(name="synthfaces", options={
+        "num_identities": n, "images_per_identity": 1, "sketches_per_identity": sketches, "seed": seed,
+        "prefix": prefix, "size": size, "styles": ["pencil"]})
+
+
+def _whole() -> ComponentSpec:
+    return ComponentSpec(name="center", options={"box": [0.0, 0.0, 1.0, 1.0]})
+
+
+class MatcherSettings(C4SModel):
+    backbone: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="ir_18", options={
+            "widths": [16, 32, 64, 128], "input_size": 64, "embedding_dim": 128}),
+        description="Backbone trained by every arm (a torch backbone such as ir_18).",
+    )
+    head: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="adaface", options={"s": 16.0}), description="Margin head."
+    )
+    epochs: int = Field(20, ge=1, le=10_000, description="Epochs of every arm.")
+    batch_size: int = Field(32, ge=2, le=4096, description="Images per optimizer step.")
+    lr: float = Field(0.1, gt=0.0, le=10.0, description="Peak learning rate.")
+    images_per_epoch: int | None = Field(
+        None, ge=2, description="Images each arm sees per epoch (the budget); none: the largest arm's data.")
+    real_share: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Share of a mixed arm's epoch drawn from the real data; none: its natural share.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if available.")
+    threads: int | None = Field(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More train-matcher fields (optimizer, warmup_epochs, augment...); not the ones set above.",
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v):
+        from .train_matcher import Config as TM
+
+        bad = sorted(set(v) & _MATCHER_OWN)
+        if bad:
+            raise ValueError(f"matcher.options may not set {bad}: the experiment sets them (use the fields above)")
+        unknown = sorted(set(v) - set(TM.model_fields))
+        if unknown:
+            raise ValueError(f"matcher.options: {unknown} are not train-matcher fields")
+        return v
+
+
+class Evaluation(C4SModel):
+    perturb: Perturb | None = Field(
+        default_factory=Perturb,
+        description="Also evaluate probes shifted, scaled and rotated a little (evaluate's perturb); null: aligned only.",
+    )
+    compare_with_hog: bool = Field(True, description="Evaluate HOG (training-free) on the same split: its row and sentences.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per align/embed batch.")
+    subset_pattern: str | None = Field(None, description="evaluate's subset_pattern (CUFS: '^(?P<subset>[^_]+)_').")
+    worst: int = Field(12, ge=0, le=200, description="Rows of each evaluation's worst-failures sheet (0: none).")
+
+
+class Config(C4SModel):
+    out: Path = Field(Path("c4s-out/experiment"), description="Output folder; one sub-folder per stage.")
+    seed: int = Field(0, ge=0, description="Seed of the split, generator and matcher training, generation.")
+    resume: bool = Field(False, description="Skip finished stages; continue unfinished trainings from checkpoints.")
+    arms: list[Arm] = Field(default_factory=lambda: list(ARMS), description="Arms to run: real, diffusion, gan, procedural.")
+    train: ComponentSpec = Field(
+        default_factory=lambda: _synth(0, "tr", 50, 1),
+        description="Real training pairs (photos + sketches sharing identities): few real sketches.")
+    test: ComponentSpec | None = Field(
+        default_factory=lambda: _synth(1, "te", 100, 1),
+        description="Test probes (sketches) and gallery (photos) of other people; null: carve test_fraction out of train.")
+    test_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="With test: null, share of train identities held out.")
+    distractors: ComponentSpec | None = Field(None, description="Optional extra gallery photos (people with no probe).")
+    new_identities: ComponentSpec = Field(
+        default_factory=lambda: _synth(2, "nw", 100, 0),
+        description="Reference photos of NEW identities to draw sketches of (their first photo each).")
+    new_limit: int | None = Field(None, ge=1, description="Draw only the first N new identities (sorted).")
+    diffusion: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="diffusion", options={"preset": "small"}),
+        description="Diffusion generator (CLIP4Sketch) and its options.")
+    diffusion_steps: int = Field(400, ge=1, le=10_000_000, description="Optimizer steps of the diffusion generator.")
+    gan: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="gan", options={"preset": "small"}),
+        description="GAN baseline (pix2pix) and its options.")
+    gan_steps: int = Field(400, ge=1, le=10_000_000, description="Optimizer steps of the GAN.")
+    procedural: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="procedural", options={"size": 64}),
+        description="Procedural generator (no training) and its options.")
+    generator_options: dict[str, Any] = Field(
+        default_factory=lambda: {"batch_size": 16, "checkpoint_every": 200, "sample_every": 0, "val_every": 0,
+                                 "grid_identities": 0, "condition_size": 64, "val_fraction": 0.0},
+        description="More train-generator fields for both trained generators (batch_size, lr, condition_size...).")
+    generator_aligner: ComponentSpec | None = Field(
+        default_factory=_whole,
+        description="Aligner of the generator stages (pairs and reference photos); none: plain resize.")
+    styles: list[str] = Field(
+        default_factory=lambda: ["pencil"],
+        description="Sketch styles to generate (learnt generators know only the styles of the training sketches; "
+        "paired_folder sketches are 'pencil').")
+    num_per_style: int = Field(2, ge=1, le=10_000, description="Sketches per new identity and style.")
+    sampler: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="dpmsolver++", options={"steps": 20}),
+        description="Sampler of the diffusion generator.")
+    guidance: dict[str, float] = Field(
+        default_factory=lambda: {"identity": 2.0, "style": 2.0}, description="Per-role guidance of the diffusion generator.")
+    generate_batch_size: int = Field(16, ge=1, le=4096, description="Images per sampling batch.")
+    aligner: ComponentSpec = Field(
+        default_factory=_whole,
+        description="Aligner of the matcher stages (training and evaluation); CUFS: center with its default box.")
+    matcher: MatcherSettings = Field(default_factory=MatcherSettings, description="The matcher every arm trains.")
+    evaluation: Evaluation = Field(default_factory=Evaluation, description="Evaluation settings.")
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, v):
+        if not v:
+            raise ValueError(f"give at least one arm from {', '.join(ARMS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"arms has duplicates: {v}")
+        return [a for a in ARMS if a in v]
+
+    @field_validator("generator_options")
+    @classmethod
+    def _gen_options(cls, v):
+        from .train_generator import Config as TG
+
+        bad = sorted(set(v) & _GEN_OWN)
+        if bad:
+            raise ValueError(f"generator_options may not set {bad}: the experiment sets them")
+        unknown = sorted(set(v) - set(TG.model_fields))
+        if unknown:
+            raise ValueError(f"generator_options: {unknown} are not train-generator fields")
+        return v
+
+    @field_validator("styles")
+    @classmethod
+    def _styles(cls, v):
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"styles must be a non-empty list without duplicates, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _stage_configs(self):
+        # build every stage config once so a bad option fails at load time, naming the field
+        from pydantic import ValidationError
+
+        for arm in ("diffusion", "gan"):
+            if arm in self.arms:
+                try:
+                    _generator_config(self, arm, Path("."))
+                except ValidationError as err:
+                    raise ValueError(f"{arm} training settings: {err}") from None
+        return self
+
+
+# -- stage configs -----------------------------------------------------------------------
+
+
+def _generator_config(cfg: Config, arm: str, out: Path):
+    from .train_generator import Config as TG
+
+    return TG.model_validate({
+        **cfg.generator_options, "dataset": cfg.train.model_dump(), "generator": getattr(cfg, arm).model_dump(),
+        "steps": cfg.diffusion_steps if arm == "diffusion" else cfg.gan_steps, "aligner": cfg.generator_aligner,
+        "seed": cfg.seed, "out": out,
+    })
+
+
+def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path):
+    from .generate import Config as G
+
+    csize = cfg.generator_options.get("condition_size", 112)
+    return G(
+        checkpoint=checkpoint, generator=cfg.procedural if arm == "procedural" else ComponentSpec(name="procedural"),
+        dataset=cfg.new_identities, num_identities=cfg.new_limit, styles=cfg.styles,
+        num_per_style=cfg.num_per_style, sampler=cfg.sampler, guidance=cfg.guidance, seed=cfg.seed,
+        batch_size=cfg.generate_batch_size, aligner=cfg.generator_aligner, condition_size=csize,
+        similarity=False, out=out,
+    )
+
+
+def _stage_hash(stage_cfg) -> str:
+    import hashlib
+
+    data = json.loads(stage_cfg.model_dump_json(exclude={"resume", "stop_after"}))
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def _identities(ds, modality: str | None = None) -> set[str]:
+    refs = getattr(ds, "refs", None)
+    if refs is None:
+        return {ds[i].identity for i in range(len(ds)) if modality is None or ds[i].modality == modality}
+    if modality is None and hasattr(ds, "identities"):
+        return set(ds.identities())
+    return {r.identity for r in refs if modality is None or r.modality == modality}
+
+
+def _materialize(ds, keep: set[str], folder: Path, manifest: Path) -> int:
+    """Write a manifest of the samples of ``keep`` (files by absolute path; samples
+    without a file, such as synthfaces, rendered into ``folder``)."""
+    from ..data.io import save_image
+    from ..data.manifest import write_manifest
+
+    recs, shots = [], {}
+    refs = getattr(ds, "refs", None)
+    for i in range(len(ds)):
+        r = refs[i] if refs is not None else ds[i]
+        if r.identity not in keep:
+            continue
+        path = getattr(r, "path", None)
+        if path and Path(path).is_file():
+            p = str(Path(path).resolve())
+        else:
+            s = ds[i]
+            k = shots[(s.identity, s.modality)] = shots.get((s.identity, s.modality), -1) + 1
+            rel = Path(folder.name) / s.identity / f"{s.modality}_{k}.png"
+            save_image(manifest.parent / rel, s.image)
+            p = str(rel)
+        recs.append({"path": p, "identity": r.identity, "modality": r.modality, "style": r.style})
+    write_manifest(manifest, recs)
+    return len(recs)
+
+
+def _prepare_data(cfg: Config, folder: Path, say) -> dict[str, Any]:
+    """Split (if asked), check identity disjointness, count images; returns specs and counts."""
+    import numpy as np
+
+    from ..errors import ConfigError, DataError
+    from ..plugins import get_registries
+
+    regs = get_registries()
+    train_ds = regs.dataset.build(cfg.train)
+    train_spec, test_spec = cfg.train, cfg.test
+    split = None
+    if cfg.test is None:
+        both = sorted(_identities(train_ds, "photo") & _identities(train_ds, "sketch"))
+        n_test = max(2, int(round(cfg.test_fraction * len(both))))
+        if n_test > len(both) - 2:
+            raise DataError(f"train {cfg.train.name!r} has {len(both)} identities with a photo and a sketch: too few to "
+                            f"hold out test_fraction={cfg.test_fraction} and still train; give a test dataset")
+        rng = np.random.default_rng([cfg.seed, 0x7E57])
+        test_ids = set(rng.permutation(np.array(both, dtype=object))[:n_test].tolist())
+        train_ids = _identities(train_ds) - test_ids
+        folder.mkdir(parents=True, exist_ok=True)
+        n_tr = _materialize(train_ds, train_ids, folder / "train", folder / "train.jsonl")
+        n_te = _materialize(train_ds, test_ids, folder / "test", folder / "test.jsonl")
+        train_spec = ComponentSpec(name="manifest", options={"path": str((folder / "train.jsonl").resolve())})
+        test_spec = ComponentSpec(name="manifest", options={"path": str((folder / "test.jsonl").resolve())})
+        split = {"from": cfg.train.model_dump(), "test_fraction": cfg.test_fraction, "train_identities": len(train_ids),
+                 "test_identities": len(test_ids), "train_images": n_tr, "test_images": n_te}
+        say(f"held out {len(test_ids)} of {len(both)} train identities as the test split")
+        train_ds = regs.dataset.build(train_spec)
+    test_ds = regs.dataset.build(test_spec)
+    sets = {"train": _identities(train_ds), "test": _identities(test_ds)}
+    if any(a != "real" for a in cfg.arms):
+        new_ids = sorted(_identities(regs.dataset.build(cfg.new_identities), "photo"))
+        sets["new_identities"] = set(new_ids[: cfg.new_limit] if cfg.new_limit else new_ids)
+    if cfg.distractors is not None:
+        sets["distractors"] = _identities(regs.dataset.build(cfg.distractors))
+    for a, b in (("train", "test"), ("new_identities", "test"), ("distractors", "test"), ("train", "new_identities")):
+        if a in sets and b in sets and sets[a] & sets[b]:
+            both = sorted(sets[a] & sets[b])
+            raise ConfigError(
+                f"{a} and {b} share {len(both)} identity name(s), e.g. {', '.join(both[:3])}: the experiment needs "
+                f"disjoint people. Give {b} other people (synthfaces: another seed and prefix), or set test: null to "
+                "carve a disjoint test split out of train (test_fraction)")
+    if not _identities(test_ds, "sketch") or not _identities(test_ds, "photo"):
+        raise DataError(f"test dataset {test_spec.name!r} needs sketches (probes) and photos (gallery)")
+    n_real = len(train_ds)
+    return {"train": train_spec.model_dump(), "test": test_spec.model_dump(), "split": split,
+            "identities": {k: len(v) for k, v in sets.items()}, "train_images": n_real}
+
+
+# -- the budget --------------------------------------------------------------------------
+
+
+def _budget(cfg: Config, n_real: int, n_synth: dict[str, int]) -> dict[str, Any]:
+    """Per arm, the train-matcher ratio of each source, so that every arm sees
+    ``images_per_epoch`` images per epoch (hence the same optimizer steps)."""
+    from ..errors import ConfigError
+
+    ipe = cfg.matcher.images_per_epoch or max([n_real] + [n_real + n for n in n_synth.values()])
+    plan: dict[str, Any] = {}
+    for arm in cfg.arms:
+        if arm == "real":
+            real = ipe
+        else:
+            share = cfg.matcher.real_share if cfg.matcher.real_share is not None else n_real / (n_real + n_synth[arm])
+            real = int(round(share * ipe))
+        syn = ipe - real
+        ratios = [real / n_real] + ([syn / n_synth[arm]] if arm != "real" else [])
+        if arm != "real" and (real < 1 or syn < 1):
+            raise ConfigError(f"arm {arm!r}: images_per_epoch={ipe} with real_share leaves {real} real and {syn} "
+                              "synthetic images per epoch; raise images_per_epoch or change real_share")
+        if max(ratios) > 100:
+            raise ConfigError(f"arm {arm!r}: images_per_epoch={ipe} repeats a source {max(ratios):.1f} times per epoch "
+                              "(train-matcher allows 100); lower matcher.images_per_epoch")
+        plan[arm] = {"real_images": real, "synthetic_images": syn, "ratios": ratios}
+    steps = cfg.matcher.epochs * math.ceil(ipe / cfg.matcher.batch_size)
+    return {"images_per_epoch": ipe, "steps": steps, "arms": plan}
+
+
+def _matcher_config(cfg: Config, arm: str, train_spec: dict, gen_manifest: Path | None, ratios: list[float], out: Path):
+    from .train_matcher import Config as TM
+
+    data = [{"dataset": train_spec, "ratio": ratios[0]}]
+    if gen_manifest is not None:
+        data.append({"dataset": {"name": "manifest", "options": {"path": str(gen_manifest.resolve())}},
+                     "ratio": ratios[1]})
+    m = cfg.matcher
+    return TM.model_validate({
+        **m.options, "data": data, "aligner": cfg.aligner, "backbone": m.backbone, "head": m.head,
+        "epochs": m.epochs, "batch_size": m.batch_size, "lr": m.lr, "device": m.device, "threads": m.threads,
+        "val_fraction": 0.0, "seed": cfg.seed, "out": out,
+    })
+
+
+def _evaluate_config(cfg: Config, test_spec: dict, backbone: ComponentSpec, perturbed: bool,
+                     baseline: Path | None, out: Path):
+    from .evaluate import Config as E
+
+    ev = cfg.evaluation
+    return E(probes=test_spec, gallery=test_spec, distractors=cfg.distractors, backbone=backbone,
+             aligner=cfg.aligner, perturb=ev.perturb if perturbed else None, batch_size=ev.batch_size,
+             subset_pattern=ev.subset_pattern, worst=ev.worst, baseline=baseline, out=out)
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def run(config: Config, progress: bool = True) -> dict[str, Any]:
+    import sys
+    import time
+
+    from ..errors import ConfigError, DataError
+    from . import evaluate, generate, train_generator, train_matcher
+    from .common import prepare_out, save_run_config, write_json
+
+    t0 = time.time()
+    cfg = config
+    out = Path(cfg.out)
+    if not cfg.resume and out.is_dir() and any(p.is_dir() and p.name[:2].isdigit() for p in out.iterdir()):
+        raise DataError(f"{out} already holds an experiment; pass --resume to finish it (finished stages are "
+                        "skipped), or pick another --out")
+    out = prepare_out(out)
+    save_run_config(out, "experiment", cfg)
+    say = (lambda m: print(f"c4s experiment: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    n_eval = 1 + (cfg.evaluation.perturb is not None)
+    total = (1 + 2 * sum(a in ("diffusion", "gan") for a in cfg.arms) + sum(a == "procedural" for a in cfg.arms)
+             + len(cfg.arms) * (1 + n_eval) + n_eval * cfg.evaluation.compare_with_hog)
+    count = [0]
+    skipped: list[str] = []
+
+    def stage(name: str, folder: Path, stage_cfg, runner, resumable=None):
+        """Run one stage, or skip it when its stage.json says it finished with this config."""
+        count[0] += 1
+        h = _stage_hash(stage_cfg)
+        marker = folder / "stage.json"
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            if done.get("config_hash") != h:
+                raise ConfigError(f"{folder} holds stage {name!r} finished with other settings; delete that folder "
+                                  "or use another --out")
+            say(f"[{count[0]}/{total}] {name}: done already, skipped")
+            skipped.append(folder.name)
+            return done["summary"]
+        say(f"[{count[0]}/{total}] {name} -> {folder}")
+        if resumable is not None and resumable():
+            stage_cfg = stage_cfg.model_copy(update={"resume": True})
+            say(f"  continuing from the checkpoint in {folder}")
+        t = time.time()
+        summary = runner(stage_cfg, progress=progress)
+        summary = json.loads(json.dumps(summary, default=str))
+        write_json(marker, {"stage": name, "config_hash": h, "seconds": round(time.time() - t, 1), "summary": summary})
+        return summary
+
+    # 1. data
+    count[0] += 1
+    say(f"[{count[0]}/{total}] data: datasets, split and identity checks")
+    data_dir = out / "01-data"
+    data_dir.mkdir(exist_ok=True)
+    save_run_config(data_dir, "experiment", cfg)
+    data = _prepare_data(cfg, data_dir, say)
+    write_json(data_dir / "data.json", data)
+
+    # 2. generators, 3. generated sets
+    gen_sets: dict[str, Path] = {}
+    gen_summaries: dict[str, Any] = {}
+    for arm in cfg.arms:
+        if arm == "real":
+            continue
+        checkpoint = None
+        if arm in ("diffusion", "gan"):
+            gdir = out / f"02-generator-{arm}"
+            tg = _generator_config(cfg, arm, gdir)
+            s = stage(f"train-generator ({arm})", gdir, tg, train_generator.run,
+                      lambda d=gdir: any((d / "checkpoints").glob("step_*")))
+            gen_summaries[f"generator-{arm}"] = {k: s.get(k) for k in ("step", "final_loss", "val_loss", "steps_per_s")}
+            checkpoint = gdir / "generator"
+        sdir = out / f"03-generated-{arm}"
+        s = stage(f"generate ({arm})", sdir, _generate_config(cfg, arm, checkpoint, sdir), generate.run)
+        if not s.get("complete"):
+            raise DataError(f"generate ({arm}) did not finish the set in {sdir}; rerun with --resume")
+        gen_sets[arm] = sdir / "manifest.jsonl"
+        gen_summaries[f"generated-{arm}"] = {k: s.get(k) for k in ("identities", "jobs", "manifest_records", "seconds")}
+
+    # 4. matchers, same budget
+    from ..data.manifest import read_manifest
+
+    n_synth = {arm: len(read_manifest(p)) for arm, p in gen_sets.items()}
+    budget = _budget(cfg, data["train_images"], n_synth)
+    write_json(out / "budget.json", budget)
+    say(f"budget: {budget['images_per_epoch']} images per epoch, {budget['steps']} optimizer steps per arm")
+    matchers: dict[str, Path] = {}
+    train_summaries: dict[str, Any] = {}
+    for arm in cfg.arms:
+        mdir = out / f"04-matcher-{arm}"
+        tm = _matcher_config(cfg, arm, data["train"], gen_sets.get(arm), budget["arms"][arm]["ratios"], mdir)
+        s = stage(f"train-matcher ({arm})", mdir, tm, train_matcher.run,
+                  lambda d=mdir: (d / "last" / "state.json").is_file())
+        matchers[arm] = mdir / "last"
+        train_summaries[arm] = {k: s.get(k) for k in ("epochs_done", "train_images", "classes", "seconds")}
+        hist = s.get("history") or []
+        train_summaries[arm]["final_loss"] = hist[-1]["loss"] if hist else None
+        state = mdir / "last" / "state.json"  # the optimizer steps actually taken
+        train_summaries[arm]["optimizer_steps"] = json.loads(state.read_text()).get("step") if state.is_file() else None
+
+    # 5. evaluation
+    probes = ["aligned"] + (["perturbed"] if cfg.evaluation.perturb is not None else [])
+    reports: dict[str, dict[str, Any]] = {}
+    hog_reports: dict[str, Path] = {}
+    if cfg.evaluation.compare_with_hog:
+        for p in probes:
+            edir = out / f"05-evaluate-hog-{p}"
+            ec = _evaluate_config(cfg, data["test"], ComponentSpec(name="hog"), p == "perturbed", None, edir)
+            stage(f"evaluate (hog, {p})", edir, ec, evaluate.run)
+            reports.setdefault("hog", {})[p] = json.loads((edir / "report.json").read_text())
+            hog_reports[p] = edir / "report.json"
+    for arm in cfg.arms:
+        for p in probes:
+            edir = out / f"05-evaluate-{arm}-{p}"
+            bb = ComponentSpec(name="matcher", options={"path": str(matchers[arm].resolve())})
+            ec = _evaluate_config(cfg, data["test"], bb, p == "perturbed", hog_reports.get(p), edir)
+            stage(f"evaluate ({arm}, {p})", edir, ec, evaluate.run)
+            reports.setdefault(arm, {})[p] = json.loads((edir / "report.json").read_text())
+
+    # 6. table, plot, sentences
+    rows = {name: {p: _metrics(r) for p, r in by.items()} for name, by in reports.items()}
+    verdicts = _verdicts(cfg.arms, reports)
+    _plot(reports, out / "cmc.png")
+    results = {
+        "out": str(out), "arms": cfg.arms, "probes": probes, "data": data, "budget": budget,
+        "generators": gen_summaries, "matchers": train_summaries, "metrics": rows, "verdicts": verdicts,
+        "counts": {p: {k: reports[n][p]["counts"].get(k) for k in ("probes_used", "gallery_identities")}
+                   for n in list(reports)[:1] for p in probes},
+        "skipped_stages": skipped, "seconds": round(time.time() - t0, 1),
+        "files": {"report": "report.md", "cmc": "cmc.png"},
+    }
+    write_json(out / "results.json", results)
+    (out / "report.md").write_text(_report(cfg, results))
+    say(f"report: {out / 'report.md'}")
+    return results
+
+
+def _metrics(rep: dict[str, Any]) -> dict[str, float | None]:
+    m = {}
+    for label, keys in METRICS:
+        v: Any = rep
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        m[label] = v
+    return m
+
+
+def _cmp(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str]:
+    """(verdict, figures) of report a against report b: rank-1 decides, then AUC, then
+    TAR at the smallest FAR (report.compare_sentence)."""
+    from ..report import compare_sentence
+
+    verdict, _ = compare_sentence(a, b)
+    f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    return verdict, f"rank-1 {f(a['rank'].get('1'))} vs {f(b['rank'].get('1'))}, AUC {f(a.get('auc'))} vs {f(b.get('auc'))}"
+
+
+def _verdicts(arms: list[str], reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for arm in arms:
+        v: dict[str, Any] = {}
+        for other in ("hog", "real"):
+            if other not in reports or other == arm:
+                continue
+            v[other] = {p: dict(zip(("verdict", "figures"), _cmp(reports[arm][p], reports[other][p]), strict=True))
+                        for p in reports[arm]}
+        out[arm] = v
+    return out
+
+
+def _sentence(arm: str, v: dict[str, Any]) -> str:
+    def part(other: str, label: str) -> str:
+        if other not in v:
+            return ""
+        bits = [f"{d['verdict']} {label} on {p} probes ({d['figures']})" for p, d in v[other].items()]
+        return "; ".join(bits)
+
+    parts = [x for x in (part("hog", "HOG"), part("real", "real-only")) if x]
+    if not parts:
+        return f"- **{arm}**: nothing to compare with."
+    return f"- **{arm}** " + "; it ".join(parts) + "."
+
+
+def _plot(reports: dict[str, dict[str, Any]], path: Path, max_rank: int = 50) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colours = {"real": "tab:blue", "diffusion": "tab:red", "gan": "tab:green", "procedural": "tab:orange",
+               "hog": "black"}
+    for name, by in reports.items():
+        for p, rep in by.items():
+            curve = rep.get("cmc") or []
+            n = min(len(curve), max_rank)
+            if not n:
+                continue
+            ax.plot(range(1, n + 1), curve[:n], color=colours.get(name), ls="-" if p == "aligned" else "--",
+                    marker="o" if p == "aligned" else None, markersize=2.5, label=f"{name} ({p})")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("identification rate")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title("CMC: every arm and HOG, same test split")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(path)
+
+
+def _report(cfg: Config, res: dict[str, Any]) -> str:
+    probes, budget, data = res["probes"], res["budget"], res["data"]
+    labels = [m for m, _ in METRICS]
+    head = ["arm"] + [f"{m} ({p})" for p in probes for m in labels]
+    L = ["# c4s experiment", "",
+         "Same matcher, same budget, same test split; arms differ only in the training data.", "",
+         f"Train: {data['identities']['train']} real identities ({data['train_images']} images); "
+         f"test: {data['identities']['test']} identities"
+         + (f" (held out from train, test_fraction={cfg.test_fraction})" if data["split"] else "")
+         + (f", plus {data['identities'].get('distractors')} distractor identities" if cfg.distractors else "")
+         + (f"; new identities drawn: {data['identities'].get('new_identities')}" if "new_identities" in data["identities"] else "")
+         + f". Budget: {budget['images_per_epoch']} images per epoch x {cfg.matcher.epochs} epochs = "
+         f"{budget['steps']} optimizer steps per arm (batch {cfg.matcher.batch_size}).", "",
+         "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in list(cfg.arms) + (["hog"] if "hog" in res["metrics"] else []):
+        by = res["metrics"][name]
+        cells = []
+        for p in probes:
+            for m in labels:
+                v = by.get(p, {}).get(m)
+                cells.append("–" if v is None else f"{v:.3f}")
+        shown = "hog (training-free baseline)" if name == "hog" else name
+        L.append(f"| {shown} | " + " | ".join(cells) + " |")
+    L += ["", "'perturbed': every probe shifted, scaled and rotated a little before alignment "
+          "(real forensic sketches are never pixel-aligned).", "", "## Verdicts", ""]
+    L += [_sentence(arm, res["verdicts"][arm]) for arm in cfg.arms]
+    learnt = [a for a in cfg.arms if "hog" in res["verdicts"][a]]
+    if learnt:
+        losers = [a for a in learnt if any(d["verdict"] != "beats" for d in res["verdicts"][a]["hog"].values())]
+        if len(losers) == len(learnt):
+            L += ["", "**No learnt matcher beats the training-free HOG baseline on every probe setting.** "
+                  "On aligned face-sketch sets HOG is strong; a learnt matcher must be shown against it."]
+        elif losers:
+            L += ["", f"**Not beating HOG on every probe setting: {', '.join(losers)}.**"]
+    L += ["", "## CMC", "", "![CMC](cmc.png)", "",
+          "Each stage's folder (`01-data`, `02-generator-*`, `03-generated-*`, `04-matcher-*`, `05-evaluate-*`) "
+          "holds its `config.yaml`; each evaluation has its own report.md with ROC, score histograms and "
+          "worst failures.", ""]
+    return "\n".join(L)

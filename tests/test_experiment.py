@@ -1,0 +1,185 @@
+"""The experiment pipeline: four arms + HOG end to end (tiny), resume, identity
+checks, the held-out split and the CUFS example config."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from c4s_core.errors import ConfigError, DataError
+from c4s_core.pipelines import experiment as ex
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+def synth(seed, prefix, n, sketches):
+    return {"name": "synthfaces", "options": {"num_identities": n, "images_per_identity": 1,
+                                              "sketches_per_identity": sketches, "seed": seed, "prefix": prefix,
+                                              "size": 32, "styles": ["pencil"]}}
+
+
+def tiny(out, **kw):
+    base = dict(
+        out=out, train=synth(0, "tr", 8, 1), test=synth(1, "te", 8, 1), new_identities=synth(2, "nw", 6, 0),
+        diffusion={"name": "diffusion", "options": {
+            "preset": "tiny", "device": "cpu", "ema_decay": 0.9, "block_out_channels": [8, 16], "norm_num_groups": 4,
+            "cross_attention_dim": 16,
+            "conditioners": [{"name": "clip_image", "options": {"model_config": TINY_CLIP}},
+                             {"name": "clip_text", "options": {"model_config": TINY_CLIP}}]}},
+        diffusion_steps=2, gan={"name": "gan", "options": {"preset": "tiny", "device": "cpu"}}, gan_steps=2,
+        procedural={"name": "procedural", "options": {"size": 32}},
+        generator_options={"batch_size": 4, "checkpoint_every": 0, "sample_every": 0, "val_every": 0,
+                           "grid_identities": 0, "condition_size": 32, "val_fraction": 0.0},
+        sampler={"name": "dpmsolver++", "options": {"steps": 2}}, num_per_style=2,
+        matcher={"backbone": {"name": "ir_18", "options": {"widths": [8, 8, 16, 16], "input_size": 32,
+                                                           "embedding_dim": 16, "device": "cpu"}},
+                 "epochs": 2, "batch_size": 8, "device": "cpu", "threads": 1},
+        evaluation={"worst": 0},
+    )
+    base.update(kw)
+    return ex.Config(**base)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from c4s_core.plugins import set_registries
+
+    set_registries(None)
+    out = tmp_path_factory.mktemp("exp") / "run"
+    cfg = tiny(out)
+    res = ex.run(cfg, progress=False)
+    set_registries(None)
+    return cfg, res
+
+
+def test_four_arms_and_hog_in_one_table_and_one_plot(finished):
+    cfg, res = finished
+    out = Path(res["out"])
+    assert res["arms"] == ["real", "diffusion", "gan", "procedural"]
+    assert set(res["metrics"]) == {"real", "diffusion", "gan", "procedural", "hog"}
+    for name, by in res["metrics"].items():
+        assert set(by) == {"aligned", "perturbed"}, name
+        for m in by.values():
+            assert 0.0 <= m["rank-1"] <= m["rank-10"] <= 1.0 and 0.0 <= m["AUC"] <= 1.0
+    md = (out / "report.md").read_text()
+    tables = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert len(tables) == 2 + 5  # one table: header, rule, four arms and HOG
+    assert "rank-1 (perturbed)" in tables[0] and "TAR@FAR=1e-2 (aligned)" in tables[0]
+    assert any(ln.startswith("| hog") for ln in tables)
+    for arm in ("diffusion", "gan", "procedural"):  # a sentence each: against HOG and against real-only
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"- **{arm}**"))
+        assert "HOG" in line and "real-only" in line
+        assert re.search(r"(beats|does not beat|ties with) HOG", line)
+    assert "real-only" not in next(ln for ln in md.splitlines() if ln.startswith("- **real**"))
+    assert (out / "cmc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every stage folder has its config; the rerunnable pieces are there
+    stages = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(stages) == 1 + 2 + 3 + 4 + 2 * 5
+    assert all((out / s / "config.yaml").is_file() for s in stages)
+    assert (out / "02-generator-diffusion" / "generator" / "generator.json").is_file()
+    assert json.loads((out / "results.json").read_text())["metrics"] == res["metrics"]
+
+
+def test_same_budget_for_every_arm(finished):
+    cfg, res = finished
+    b = res["budget"]
+    n_real = res["data"]["train_images"]
+    n_syn = 6 * (1 + 2)  # per new identity: its photo and two sketches
+    assert n_real == 16 and b["images_per_epoch"] == n_real + n_syn
+    for arm, plan in b["arms"].items():
+        assert plan["real_images"] + plan["synthetic_images"] == b["images_per_epoch"], arm
+    assert b["arms"]["real"]["ratios"] == [pytest.approx(b["images_per_epoch"] / n_real)]
+    steps = {arm: m["optimizer_steps"] for arm, m in res["matchers"].items()}
+    assert set(steps.values()) == {b["steps"]} and b["steps"] == 2 * -(-b["images_per_epoch"] // 8)
+
+
+def test_identities_are_disjoint(finished):
+    from c4s_core.plugins import get_registries
+
+    cfg, res = finished
+    regs = get_registries()
+    ids = {k: set(regs.dataset.build(getattr(cfg, k)).identities()) for k in ("train", "test", "new_identities")}
+    assert not ids["test"] & ids["train"] and not ids["test"] & ids["new_identities"]
+    assert not ids["train"] & ids["new_identities"]
+    gen = [json.loads(ln) for ln in (Path(res["out"]) / "03-generated-gan" / "manifest.jsonl").read_text().splitlines()]
+    assert {r["identity"] for r in gen} == ids["new_identities"]
+
+
+def test_refuses_overlapping_identities(tmp_path):
+    cfg = tiny(tmp_path / "o", test=synth(0, "tr", 8, 1))
+    with pytest.raises(ConfigError, match=r"train and test share 8 identity name\(s\), e\.g\. tr00000"):
+        ex.run(cfg, progress=False)
+    cfg = tiny(tmp_path / "o2", new_identities=synth(5, "te", 4, 0))
+    with pytest.raises(ConfigError, match="new_identities and test share 4"):
+        ex.run(cfg, progress=False)
+
+
+def test_resume_skips_finished_stages(finished):
+    cfg, res = finished
+    out = Path(res["out"])
+    with pytest.raises(DataError, match="--resume"):
+        ex.run(cfg, progress=False)
+    weights = out / "04-matcher-gan" / "last" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    (out / "05-evaluate-real-perturbed" / "stage.json").unlink()
+    res2 = ex.run(cfg.model_copy(update={"resume": True}), progress=False)
+    assert "05-evaluate-real-perturbed" not in res2["skipped_stages"]
+    assert len(res2["skipped_stages"]) == 2 + 3 + 4 + 2 * 5 - 1
+    assert weights.stat().st_mtime_ns == before
+    assert res2["metrics"] == res["metrics"]
+
+
+def test_test_fraction_carves_a_disjoint_split(tmp_path):
+    from c4s_core.data.manifest import read_manifest
+
+    cfg = tiny(tmp_path / "o", test=None, test_fraction=0.25, arms=["real"])
+    data = ex._prepare_data(cfg, tmp_path / "data", lambda m: None)
+    assert data["split"]["test_identities"] == 2 and data["split"]["train_identities"] == 6
+    tr = {r["identity"] for r in read_manifest(tmp_path / "data" / "train.jsonl")}
+    te = [r for r in read_manifest(tmp_path / "data" / "test.jsonl")]
+    assert len(tr) == 6 and not tr & {r["identity"] for r in te}
+    assert {r["modality"] for r in te} == {"photo", "sketch"}
+
+
+def test_bad_settings_fail_at_load():
+    from c4s_core.config import load_config
+
+    with pytest.raises(ConfigError, match="may not set"):
+        load_config(ex.Config, overrides=["matcher.options={epochs: 3}"])
+    with pytest.raises(ConfigError, match="not train-generator fields"):
+        load_config(ex.Config, overrides=["generator_options={bogus: 1}"])
+    with pytest.raises(ConfigError, match="arms"):
+        load_config(ex.Config, overrides=["arms=[real, vae]"])
+
+
+def test_cufs_config_loads_and_splits(shared_data, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from c4s_core.cli import cli
+    from c4s_core.config import load_config
+
+    monkeypatch.chdir(ROOT)
+    r = CliRunner().invoke(cli, ["config", "show", "experiment", "--config", "examples/configs/experiment-cufs.yaml"])
+    assert r.exit_code == 0, r.output
+    assert "paired_folder" in r.output and "test: null" in r.output
+    cfg = load_config(ex.Config, ROOT / "examples/configs/experiment-cufs.yaml")
+    if not (ROOT / cfg.train.options["root"]).is_dir():
+        pytest.skip("cufs_train not present")
+    data = ex._prepare_data(cfg, tmp_path / "data", lambda m: None)  # builds datasets only: nothing heavy
+    sp = data["split"]
+    assert sp["train_identities"] + sp["test_identities"] == 268
+    assert sp["test_identities"] == round(0.3 * 268)
+    assert data["identities"]["new_identities"] == 300
+    from c4s_core.data.manifest import read_manifest
+
+    tr = {r["identity"] for r in read_manifest(tmp_path / "data" / "train.jsonl")}
+    te = {r["identity"] for r in read_manifest(tmp_path / "data" / "test.jsonl")}
+    assert not tr & te and all(Path(r["path"]).is_file() for r in read_manifest(tmp_path / "data" / "test.jsonl"))
