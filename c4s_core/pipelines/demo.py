@@ -41,8 +41,11 @@ def _demo_experiment() -> ExperimentConfig:
         test=_synth(1, "te", 60, 1, ("pencil",)),
         distractors=_synth(3, "dx", 200, 0),
         new_identities=_synth(2, "nw", 80, 0),
-        diffusion=ComponentSpec(name="diffusion", options={"preset": "tiny", "sample_size": 48}),
-        diffusion_steps=250,
+        # v-prediction learns the mean image at high noise quickly, so a few
+        # hundred CPU steps already draw sketch-like images (epsilon: noise)
+        diffusion=ComponentSpec(name="diffusion", options={"preset": "tiny", "sample_size": 48,
+                                                           "prediction_type": "v_prediction"}),
+        diffusion_steps=400,
         generator_options={"batch_size": 16, "checkpoint_every": 100, "sample_every": 0, "val_every": 0,
                            "grid_identities": 4, "condition_size": 64, "val_fraction": 0.0, "lr": 1e-3,
                            "warmup_steps": 20},

@@ -147,7 +147,8 @@ class Config(C4SModel):
         description="Reference photos of NEW identities to draw sketches of (their first photo each).")
     new_limit: int | None = Field(None, ge=1, description="Draw only the first N new identities (sorted).")
     diffusion: ComponentSpec = Field(
-        default_factory=lambda: ComponentSpec(name="diffusion", options={"preset": "small"}),
+        default_factory=lambda: ComponentSpec(name="diffusion", options={"preset": "small",
+                                                                         "prediction_type": "v_prediction"}),
         description="Diffusion generator (CLIP4Sketch) and its options.")
     diffusion_steps: int = Field(400, ge=1, le=10_000_000, description="Optimizer steps of the diffusion generator.")
     gan: ComponentSpec = Field(
