@@ -33,7 +33,7 @@ def _rate(fn, n_images: int, min_seconds: float = 1.0, max_reps: int = 50) -> fl
     return n_images / sorted(times)[len(times) // 2]
 
 
-def _bench_model(name: str, model, meta, tmp: Path, threads: int) -> dict:
+def _bench_model(name: str, model, meta, tmp: Path, threads: int, batches=(1, 64), int8: bool = False) -> dict:
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -55,7 +55,17 @@ def _bench_model(name: str, model, meta, tmp: Path, threads: int) -> dict:
     row = {"model": name, "input_size": [h, w], "embedding_dim": meta.embedding_dim,
            "params": int(sum(p.numel() for p in model.parameters())), "onnx_mb": round(res.size_bytes / 2**20, 2),
            "export_s": round(export_s, 2), "parity_max_abs_diff": res.max_abs_diff}
-    for b in (1, 64):
+    int8_sess = None
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        q = tmp / f"{name}.int8.onnx"
+        quantize_dynamic(res.path, q, weight_type=QuantType.QInt8)
+        int8_sess = ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+        ref = sess.run(None, {"images": parity})[0]
+        got = int8_sess.run(None, {"images": parity})[0]
+        row["int8_min_cosine"] = round(float((ref * got).sum(1).min()), 5)
+    for b in batches:
         x = rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8)
         xt = torch.from_numpy(x)
 
@@ -66,6 +76,8 @@ def _bench_model(name: str, model, meta, tmp: Path, threads: int) -> dict:
         row[f"onnxruntime_per_s_b{b}"] = round(_rate(lambda x=x: sess.run(None, {"images": x}), b), 1)
         row[f"torch_eager_per_s_b{b}"] = round(_rate(run_torch, b), 1)
         row[f"speedup_b{b}"] = round(row[f"onnxruntime_per_s_b{b}"] / row[f"torch_eager_per_s_b{b}"], 2)
+        if int8_sess is not None:
+            row[f"onnxruntime_int8_per_s_b{b}"] = round(_rate(lambda x=x: int8_sess.run(None, {"images": x}), b), 1)
     return row
 
 
@@ -107,7 +119,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and onnxruntime threads")
     ap.add_argument("--rows", type=int, default=100_000, help="gallery rows for the search benchmark")
     ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--no-ir18", action="store_true", help="skip the full-width IR-18")
+    ap.add_argument("--no-ir18", action="store_true", help="skip the full-width backbone")
+    ap.add_argument("--backbone", default="ir_18", help="full-width backbone to time (e.g. ir_50)")
+    ap.add_argument("--batches", default="1,64", help="batch sizes, comma-separated (issue goal: 1,32)")
+    ap.add_argument("--int8", action="store_true", help="also time a dynamic int8 quantisation")
     a = ap.parse_args()
 
     import torch
@@ -126,13 +141,14 @@ def main() -> None:
     skipped = None
     if a.no_ir18:
         skipped = "ir_18: --no-ir18"
-    elif "ir_18" not in regs.backbone:
-        skipped = "ir_18 not registered"
+    elif a.backbone not in regs.backbone:
+        skipped = f"{a.backbone} not registered"
     else:
-        bb = regs.backbone.build("ir_18", {"device": "cpu"})
-        models.append(("ir_18", bb.model.eval(), ExportMeta.from_backbone(bb, "ir_18")))
+        bb = regs.backbone.build(a.backbone, {"device": "cpu"})
+        models.append((a.backbone, bb.model.eval(), ExportMeta.from_backbone(bb, a.backbone)))
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [_bench_model(n, m, meta, Path(tmp), a.threads) for n, m, meta in models]
+        batches = tuple(int(b) for b in a.batches.split(","))
+        rows = [_bench_model(n, m, meta, Path(tmp), a.threads, batches, a.int8) for n, m, meta in models]
         search = _bench_search(a.rows, a.dim, Path(tmp))
     print(json.dumps({
         "bench": "export", "threads": a.threads, "cpu": platform.processor() or platform.machine(),
