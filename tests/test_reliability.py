@@ -135,3 +135,78 @@ def test_evaluate_skips_and_counts_corrupt_files(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["counts"]["skipped_files"] == 1 and report["counts"]["probes_used"] == 3
+
+
+def _kill_when(proc, path_glob_root: Path, pattern: str, timeout: float = 120.0) -> bool:
+    """SIGKILL ``proc`` as soon as a file matching ``pattern`` exists under the root."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if list(path_glob_root.glob(pattern)):
+            time.sleep(0.2)  # let the run get into its next step
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    proc.wait()
+    return False
+
+
+def _weights(path: Path):
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+MATCHER_SETS = [
+    "--set", 'data=[{dataset: {name: synthfaces, options: {num_identities: 12, size: 32, images_per_identity: 2, sketches_per_identity: 2}}}]',
+    "--set", "backbone={name: ir_18, options: {widths: [8, 8, 16, 16], input_size: 16, embedding_dim: 16}}",
+    "--set", "epochs=6", "--set", "batch_size=16", "--set", "val_fraction=0.25", "--set", "device=cpu",
+    "--set", "threads=1",
+]
+
+
+def test_train_matcher_killed_then_resumed_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "C4S_LOAD_PLUGINS": "", "OMP_NUM_THREADS": "1"}
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    res = run_cli("train-matcher", "--out", str(ref), "--no-progress", *MATCHER_SETS)
+    assert res.exit_code == 0, res.output
+    proc = subprocess.Popen([sys.executable, "-m", "c4s_core", "train-matcher", "--out", str(run), "--no-progress",
+                             *MATCHER_SETS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = _kill_when(proc, run, "last/state.json")
+    assert killed, "the run finished before it could be killed; make it longer"
+    res = run_cli("train-matcher", "--out", str(run), "--no-progress", "--resume", *MATCHER_SETS)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["finished"]
+    wa, wb = _weights(ref / "last" / "model.safetensors"), _weights(run / "last" / "model.safetensors")
+    assert set(wa) == set(wb)
+    for k in wa:
+        np.testing.assert_allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not list(run.rglob("*.tmp"))
+
+
+GEN_SETS = [
+    "--set", "dataset={name: synthfaces, options: {num_identities: 6, images_per_identity: 1, sketches_per_identity: 1, size: 32}}",
+    "--set", "generator={name: diffusion, options: {preset: tiny, device: cpu, block_out_channels: [8, 16], norm_num_groups: 4, cross_attention_dim: 16, conditioners: [{name: clip_text, options: {model_config: {embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 32, patch_size: 8, head_width: 16}, text_cfg: {context_length: 16, vocab_size: 49408, width: 16, heads: 2, layers: 1}}}}]}}",
+    "--set", "steps=40", "--set", "batch_size=4", "--set", "checkpoint_every=5", "--set", "keep_checkpoints=2",
+    "--set", "sample_every=0", "--set", "val_every=0", "--set", "grid_identities=0", "--set", "val_fraction=0.0",
+    "--set", "condition_size=32", "--set", "aligner=null",
+]
+
+
+def test_train_generator_killed_then_resumed_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "C4S_LOAD_PLUGINS": "", "OMP_NUM_THREADS": "1"}
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    res = run_cli("train-generator", "--out", str(ref), "--no-progress", *GEN_SETS)
+    assert res.exit_code == 0, res.output
+    proc = subprocess.Popen([sys.executable, "-m", "c4s_core", "train-generator", "--out", str(run), "--no-progress",
+                             *GEN_SETS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = _kill_when(proc, run, "checkpoints/step_*/trainer_state.pt")
+    assert killed, "the run finished before it could be killed; make it longer"
+    res = run_cli("train-generator", "--out", str(run), "--no-progress", "--resume", *GEN_SETS)
+    assert res.exit_code == 0, res.output
+    wa = _weights(ref / "generator" / "model.safetensors")
+    wb = _weights(run / "generator" / "model.safetensors")
+    assert set(wa) == set(wb)
+    for k in wa:
+        np.testing.assert_allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert not list(run.rglob("*.tmp"))
