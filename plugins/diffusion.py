@@ -674,15 +674,9 @@ class DiffusionGenerator:
         if self.ema is not None:
             save_file({k: v.cpu().contiguous() for k, v in self.ema.shadow.items()}, str(tmp / "ema.safetensors"))
         (tmp / "generator.json").write_text(json.dumps(self.generator_json(), indent=2, default=str))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)
-        return path
+        from c4s_core.data.io import replace_folder
+
+        return replace_folder(tmp, path)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, check_conditioners: bool = True):

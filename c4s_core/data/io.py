@@ -106,6 +106,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def replace_folder(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Move the finished folder ``tmp`` to ``path``, replacing any old one, so
+    readers see the old or the new folder, never a half-written one."""
+    import shutil
+
+    tmp, path = Path(tmp), Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+    return path
+
+
 def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Save uint8 HxWx3 (or HxW) atomically; format from the suffix."""
     import io
