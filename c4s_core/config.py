@@ -70,19 +70,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(f"config file {path}: use .yaml, .yml, .toml or .json")
+    import yaml
+
     text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml", ".json"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            raise ConfigError(f"config file {path}: use .yaml, .yml, .toml or .json")
-    except (tomllib.TOMLDecodeError, Exception) as err:  # yaml.YAMLError has no import here
-        if isinstance(err, ConfigError):
-            raise
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:]}: {err}") from None
     if data is None:
         data = {}

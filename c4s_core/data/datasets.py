@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ..config import ComponentConfig
 from ..errors import DataError, ImageReadError
@@ -164,11 +164,6 @@ class ImageFolderConfig(ComponentConfig):
     root: Path = Field(description="Flat folder of images; each file is one identity (its stem).")
     modality: Literal["photo", "sketch"] = Field("photo", description="Modality of every image.")
     limit: int | None = Field(None, ge=1, description="Use only the first N files (sorted by name).")
-
-    @field_validator("root")
-    @classmethod
-    def _exists(cls, v: Path) -> Path:
-        return v
 
 
 class ImageFolderDataset(Dataset):

@@ -25,20 +25,14 @@ from pydantic import Field
 
 from ..config import C4SModel, ComponentSpec
 from .experiment import Config as ExperimentConfig
-from .experiment import MatcherSettings
-
-
-def _synth(seed: int, prefix: str, n: int, sketches: int, styles=("pencil",)) -> ComponentSpec:
-    return ComponentSpec(name="synthfaces", options={
-        "num_identities": n, "images_per_identity": 1, "sketches_per_identity": sketches, "seed": seed,
-        "prefix": prefix, "size": 64, "styles": list(styles)})
+from .experiment import MatcherSettings, _synth
 
 
 def _demo_experiment() -> ExperimentConfig:
     return ExperimentConfig(
         arms=["real", "diffusion"],
-        train=_synth(0, "tr", 60, 2, ("pencil", "charcoal")),
-        test=_synth(1, "te", 60, 1, ("pencil",)),
+        train=_synth(0, "tr", 60, 2, styles=("pencil", "charcoal")),
+        test=_synth(1, "te", 60, 1),
         distractors=_synth(3, "dx", 200, 0),
         new_identities=_synth(2, "nw", 80, 0),
         # v-prediction learns the mean image at high noise quickly, so a few

@@ -71,10 +71,10 @@ METRICS = (("rank-1", ("rank", "1")), ("rank-10", ("rank", "10")),
            ("TAR@FAR=1e-2", ("tar_at_far", "1e-02")), ("AUC", ("auc",)))
 
 
-def _synth(seed: int, prefix: str, n: int, sketches: int, size: int = 64) -> ComponentSpec:
+def _synth(seed: int, prefix: str, n: int, sketches: int, size: int = 64, styles=("pencil",)) -> ComponentSpec:
     return ComponentSpec(name="synthfaces", options={
         "num_identities": n, "images_per_identity": 1, "sketches_per_identity": sketches, "seed": seed,
-        "prefix": prefix, "size": size, "styles": ["pencil"]})
+        "prefix": prefix, "size": size, "styles": list(styles)})
 
 
 def _whole() -> ComponentSpec:
