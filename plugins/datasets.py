@@ -2,6 +2,7 @@
 
 from c4s_core import hookimpl
 from c4s_core.data.datasets import (
+    ConcatDataset,
     IdentityFolderDataset,
     ImageFolderDataset,
     ManifestDataset,
@@ -15,3 +16,4 @@ def register_datasets(register):
     register(IdentityFolderDataset)
     register(ImageFolderDataset)
     register(ManifestDataset)
+    register(ConcatDataset)

@@ -156,3 +156,37 @@ def test_manifest_roundtrip_and_torn_tail(tmp_path):
     bad.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
     with pytest.raises(DataError, match="bad.jsonl:2"):
         read_manifest(bad)
+
+
+def test_paired_folder_styles_from_csv_and_exclude(tmp_path):
+    make_pairs(tmp_path, ["a_1", "a_2", "b_1"])
+    (tmp_path / "pairs.csv").write_text("name,sketch_style\na_1,0\na_2,2\nb_1,1\n")
+    ds = build("paired_folder", {"root": str(tmp_path), "styles_csv": "pairs.csv", "style_prefix": "fs2k_",
+                                 "exclude": "^b_"})
+    assert {(r.identity, r.style) for r in ds.refs if r.modality == "sketch"} == {("a_1", "fs2k_0"), ("a_2", "fs2k_2")}
+    assert {r.identity for r in ds.refs} == {"a_1", "a_2"}
+    (tmp_path / "pairs.csv").write_text("name,sketch_style\na_1,0\n")
+    with pytest.raises(DataError, match=r"pairs\.csv: no row for 2 pair\(s\), e\.g\. a_2, b_1"):
+        build("paired_folder", {"root": str(tmp_path), "styles_csv": "pairs.csv"})
+    with pytest.raises(DataError, match="no column 'artist'"):
+        build("paired_folder", {"root": str(tmp_path), "styles_csv": "pairs.csv", "style_column": "artist"})
+    with pytest.raises(DataError, match="cannot read styles_csv"):
+        build("paired_folder", {"root": str(tmp_path), "styles_csv": "missing.csv"})
+
+
+def test_concat_pools_datasets_and_refuses_shared_names(tmp_path):
+    make_pairs(tmp_path / "x", ["p1", "p2"])
+    make_pairs(tmp_path / "y", ["q1"])
+    parts = [{"name": "paired_folder", "options": {"root": str(tmp_path / "x"), "style": "cufs"}},
+             {"name": "synthfaces", "options": {"num_identities": 2, "images_per_identity": 1,
+                                                "sketches_per_identity": 1, "size": 32, "prefix": "s"}},
+             {"name": "paired_folder", "options": {"root": str(tmp_path / "y")}}]
+    ds = build("concat", {"datasets": parts})
+    assert len(ds) == 4 + 4 + 2
+    assert [ds[i].identity for i in range(len(ds))] == [r.identity for r in ds.refs]
+    assert ds[0].style is None and ds[1].style == "cufs" and ds[-1].identity == "q1"
+    assert ds[5].image.shape == (32, 32, 3) and ds[-1].image.shape[2] == 3
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    with pytest.raises(DataError, match=r"concat: datasets 0 and 1 \(paired_folder\) share identity names, e\.g\. p1"):
+        build("concat", {"datasets": [parts[0], parts[0]]})

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..config import ComponentConfig
+from ..config import ComponentConfig, ComponentSpec
 from ..errors import DataError, ImageReadError
 from .io import list_images, load_image
 
@@ -101,6 +101,29 @@ class PairedFolderConfig(ComponentConfig):
         "error", description="A photo without a sketch (or the reverse): stop, or leave it out."
     )
     style: str | None = Field(None, description="Style label given to every sketch.")
+    styles_csv: Path | None = Field(
+        None, description="CSV with a `name` column (file stem) and a style column: each sketch's own style label "
+        "(FS2K's pairs.csv). Relative paths are under root.")
+    style_column: str = Field("sketch_style", description="Column of styles_csv holding the style.")
+    style_prefix: str = Field("", description="Prefix of the labels read from styles_csv (FS2K: 'fs2k_' gives fs2k_0...).")
+    exclude: str | None = Field(
+        None, description="Regular expression: leave out pairs whose name matches (FS2K: '^fs2k_s2_', 98 pairs of "
+        "only 8 people, which would break one-identity-per-name).")
+
+
+def _csv_styles(config: PairedFolderConfig) -> dict[str, str]:
+    import csv
+
+    path = config.styles_csv if config.styles_csv.is_absolute() else config.root / config.styles_csv
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise DataError(f"{path}: cannot read styles_csv ({err.strerror or err})") from None
+    for col in ("name", config.style_column):
+        if rows and col not in rows[0]:
+            raise DataError(f"{path}: no column {col!r} (columns: {', '.join(rows[0])})")
+    return {r["name"]: config.style_prefix + r[config.style_column].strip() for r in rows}
 
 
 class PairedFolderDataset(Dataset):
@@ -128,10 +151,19 @@ class PairedFolderDataset(Dataset):
                 "(set on_unpaired=skip to leave them out)"
             )
         names = sorted(set(photos) & set(sketches))
+        if config.exclude:
+            import re
+
+            names = [n for n in names if not re.search(config.exclude, n)]
+        styles = _csv_styles(config) if config.styles_csv else {}
+        if styles:
+            missing = [n for n in names if n not in styles]
+            if missing:
+                raise DataError(f"{config.styles_csv}: no row for {len(missing)} pair(s), e.g. {', '.join(missing[:3])}")
         self.refs = []
         for n in names:
             self.refs.append(SampleRef(str(photos[n]), n, "photo"))
-            self.refs.append(SampleRef(str(sketches[n]), n, "sketch", config.style))
+            self.refs.append(SampleRef(str(sketches[n]), n, "sketch", styles.get(n, config.style)))
 
 
 class IdentityFolderConfig(ComponentConfig):
@@ -180,6 +212,43 @@ class ImageFolderDataset(Dataset):
         if not files:
             raise DataError(f"{config.root}: no images")
         self.refs = [SampleRef(str(f), f.stem, config.modality) for f in files]
+
+
+class ConcatConfig(ComponentConfig):
+    datasets: list[ComponentSpec] = Field(min_length=1, description="Datasets to pool, in order (e.g. CUFS and FS2K).")
+
+
+class ConcatDataset(Dataset):
+    """Several datasets as one; identity names must not repeat across them."""
+
+    name = "concat"
+    Config = ConcatConfig
+
+    def __init__(self, config: ConcatConfig):
+        from ..plugins import get_registries
+
+        self.config = config
+        reg = get_registries().dataset
+        self.parts = [reg.build(spec) for spec in config.datasets]
+        self.refs, self._starts, seen = [], [], {}
+        for k, (spec, ds) in enumerate(zip(config.datasets, self.parts, strict=True)):
+            refs = getattr(ds, "refs", None)
+            ids = {r.identity for r in refs} if refs is not None else set(ds.identities())
+            for other, names in seen.items():
+                if ids & names:
+                    ex = ", ".join(sorted(ids & names)[:3])
+                    raise DataError(f"concat: datasets {other} and {k} ({spec.name}) share identity names, e.g. {ex}")
+            seen[k] = ids
+            self._starts.append(len(self.refs))
+            self.refs += refs if refs is not None else [SampleRef("", s.identity, s.modality, s.style) for s in ds]
+
+    def __getitem__(self, i: int) -> Sample:
+        if i < 0:
+            i += len(self.refs)
+        if not 0 <= i < len(self.refs):
+            raise IndexError(i)
+        k = max(j for j, start in enumerate(self._starts) if start <= i)
+        return self.parts[k][i - self._starts[k]]
 
 
 def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:

@@ -64,3 +64,46 @@ def write_json(path: Path, data: Any) -> None:
     from ..data.io import atomic_write_bytes
 
     atomic_write_bytes(path, json.dumps(data, indent=2, default=str).encode())
+
+
+class PeakRSS:
+    """Peak resident memory (MB) of this process while the ``with`` block runs,
+    sampled every ``interval`` s from /proc (ru_maxrss is a lifetime maximum, so
+    it cannot tell one stage from the next); ``peak_mb`` is None off Linux."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak_mb = interval, None
+
+    @staticmethod
+    def _rss_mb() -> float | None:
+        import os
+
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _poll(self):
+        while not self._stop.wait(self.interval):
+            self._take()
+
+    def _take(self):
+        rss = self._rss_mb()
+        if rss is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, rss)
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+        self._take()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._take()
+        return False

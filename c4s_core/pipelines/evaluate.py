@@ -83,6 +83,7 @@ class Config(C4SModel):
         "raise", description="An unreadable image: stop, or leave it out and list it in the report."
     )
     perturb: Perturb | None = Field(None, description="Random shift/scale/rotation applied to the probes.")
+    grayscale: bool = Field(False, description="Turn every aligned probe and gallery image grey (luminance) before embedding.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per align/embed batch.")
     subset_pattern: str | None = Field(
         None,
@@ -118,6 +119,16 @@ class Config(C4SModel):
         if self.baseline is not None and self.compare_with_hog:
             raise ValueError("set either baseline (a report.json) or compare_with_hog: true, not both")
         return self
+
+
+def _grey(image):
+    """uint8 RGB -> its luminance (BT.601) in all three channels."""
+    import numpy as np
+
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    y = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat(np.clip(np.rint(y), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def _select(ds, modality: str, ids: set[str] | None, on_error: str):
@@ -245,6 +256,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
 
     # one list of aligned crops: kept probes, then kept gallery, then kept distractors
     crops = [pres[k].image for k in pkeep] + [gres[k].image for k in gkeep] + [dres[k].image for k in dkeep]
+    if config.grayscale:
+        crops = [_grey(c) for c in crops]
     n_p = len(pkeep)
     probe_ids = [probes[k].identity for k in pkeep]
     gallery_ids = [gallery[k].identity for k in gkeep] + [f"distractor/{distractors[k].identity}" for k in dkeep]
@@ -312,6 +325,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         },
         "skipped_files": [{"path": p, "reason": r} for p, r in skipped_files],
         "perturb": config.perturb.model_dump() if config.perturb else None,
+        "grayscale": config.grayscale,
     }
 
     # per subset

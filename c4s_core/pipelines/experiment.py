@@ -36,15 +36,18 @@ identity-disjoint test split of ``test_fraction`` of the ``train`` identities is
 carved out (written as manifests in ``01-data/``). The run refuses identity
 names shared between train, test, new identities and distractors.
 
-**Evaluation.** Each matcher (and HOG, the training-free baseline:
-``compare_with_hog``) is evaluated on aligned probes and, with ``perturb``, on
-probes shifted, scaled and rotated a little (real forensic sketches are never
-pixel-aligned).
+**Evaluation.** Each matcher, and the training-free ``baselines`` (HOG;
+``dlib_resnet``, a pretrained photo face recogniser), is evaluated under each
+of ``protocols``: ``aligned`` (probes as drawn), ``perturbed`` (probes shifted,
+scaled and rotated a little: real forensic sketches are never pixel-aligned),
+``distractors`` (gallery enlarged with the distractor photos) and
+``forensic`` (both); ``grayscale`` turns every image grey first.
 
 Output (``OUT``): one folder per stage, each with its ``config.yaml`` (rerun a
 stage alone with ``c4s <stage> --config``) and ``stage.json`` (written when it
-finished: its summary and config hash), ``results.json``, ``report.md`` (one
-table, one sentence per arm) and ``cmc.png`` (every arm and HOG on one plot).
+finished: its summary, config hash, seconds and peak memory), ``results.json``,
+``report.md`` (a table per protocol, one sentence per arm) and ``cmc.png`` (a
+CMC panel per protocol).
 ``--resume`` skips finished stages and continues unfinished trainings from
 their checkpoints.
 """
@@ -118,15 +121,40 @@ class MatcherSettings(C4SModel):
         return v
 
 
+PROTOCOLS = ("aligned", "perturbed", "distractors", "forensic")
+Protocol = Literal["aligned", "perturbed", "distractors", "forensic"]
+# protocol -> (probes perturbed, gallery enlarged with the distractors)
+_PROTOCOL = {"aligned": (False, False), "perturbed": (True, False), "distractors": (False, True),
+             "forensic": (True, True)}
+
+
 class Evaluation(C4SModel):
-    perturb: Perturb | None = Field(
-        default_factory=Perturb,
-        description="Also evaluate probes shifted, scaled and rotated a little (evaluate's perturb); null: aligned only.",
-    )
-    compare_with_hog: bool = Field(True, description="Evaluate HOG (training-free) on the same split: its row and sentences.")
+    protocols: list[Protocol] = Field(
+        default_factory=lambda: ["aligned", "perturbed"],
+        description="aligned: probes as drawn; perturbed: probes shifted, scaled and rotated (perturb); "
+        "distractors: as drawn, gallery + the distractors; forensic: perturbed and distractors.")
+    perturb: Perturb = Field(default_factory=Perturb, description="The perturbation of the perturbed protocols.")
+    grayscale: bool = Field(False, description="Turn every probe and gallery image grey before embedding.")
+    baselines: list[str] = Field(
+        default_factory=lambda: ["hog"],
+        description="Backbones evaluated beside the arms without training (hog; dlib_resnet with the dlib extra).")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per align/embed batch.")
     subset_pattern: str | None = Field(None, description="evaluate's subset_pattern (CUFS: '^(?P<subset>[^_]+)_').")
     worst: int = Field(12, ge=0, le=200, description="Rows of each evaluation's worst-failures sheet (0: none).")
+
+    @field_validator("protocols")
+    @classmethod
+    def _protocols(cls, v):
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"protocols must be a non-empty list without duplicates, got {v}")
+        return [p for p in PROTOCOLS if p in v]
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines(cls, v):
+        if len(set(v)) != len(v) or set(v) & set(ARMS):
+            raise ValueError(f"baselines must be distinct backbone names other than the arms, got {v}")
+        return v
 
 
 class Config(C4SModel):
@@ -146,6 +174,10 @@ class Config(C4SModel):
         default_factory=lambda: _synth(2, "nw", 100, 0),
         description="Reference photos of NEW identities to draw sketches of (their first photo each).")
     new_limit: int | None = Field(None, ge=1, description="Draw only the first N new identities (sorted).")
+    prealign: ComponentSpec | None = Field(
+        None, description="Align every dataset (train, test, new identities, distractors) once with this aligner "
+        "(e.g. dlib) into 01-data/aligned-*; later stages read the crops (aligner/generator_aligner: center, whole "
+        "box). Probes are then perturbed after alignment, so a matcher must cope with the misalignment itself.")
     diffusion: ComponentSpec = Field(
         default_factory=lambda: ComponentSpec(name="diffusion", options={"preset": "small",
                                                                          "prediction_type": "v_prediction"}),
@@ -169,7 +201,11 @@ class Config(C4SModel):
         default_factory=lambda: ["pencil"],
         description="Sketch styles to generate (learnt generators know only the styles of the training sketches; "
         "paired_folder sketches are 'pencil').")
+    procedural_styles: list[str] | None = Field(
+        None, description="Styles of the procedural arm (styles that render, e.g. pencil, charcoal); none: `styles`.")
     num_per_style: int = Field(2, ge=1, le=10_000, description="Sketches per new identity and style.")
+    styles_per_identity: int | None = Field(
+        None, ge=1, description="Draw each new identity in this many of `styles` (seeded pick); none: all of them.")
     sampler: ComponentSpec = Field(
         default_factory=lambda: ComponentSpec(name="dpmsolver++", options={"steps": 20}),
         description="Sampler of the diffusion generator.")
@@ -190,6 +226,13 @@ class Config(C4SModel):
         if len(set(v)) != len(v):
             raise ValueError(f"arms has duplicates: {v}")
         return [a for a in ARMS if a in v]
+
+    @model_validator(mode="after")
+    def _distractors(self):
+        need = [p for p in self.evaluation.protocols if _PROTOCOL[p][1]]
+        if need and self.distractors is None:
+            raise ValueError(f"evaluation.protocols {need} enlarge the gallery: give distractors")
+        return self
 
     @field_validator("generator_options")
     @classmethod
@@ -244,8 +287,9 @@ def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path):
     csize = cfg.generator_options.get("condition_size", 112)
     return G(
         checkpoint=checkpoint, generator=cfg.procedural if arm == "procedural" else ComponentSpec(name="procedural"),
-        dataset=cfg.new_identities, num_identities=cfg.new_limit, styles=cfg.styles,
-        num_per_style=cfg.num_per_style, sampler=cfg.sampler, guidance=cfg.guidance, seed=cfg.seed,
+        dataset=cfg.new_identities, num_identities=cfg.new_limit,
+        styles=cfg.procedural_styles or cfg.styles if arm == "procedural" else cfg.styles,
+        num_per_style=cfg.num_per_style, styles_per_identity=cfg.styles_per_identity, sampler=cfg.sampler, guidance=cfg.guidance, seed=cfg.seed,
         batch_size=cfg.generate_batch_size, aligner=cfg.generator_aligner, condition_size=csize,
         similarity=False, out=out,
     )
@@ -294,6 +338,22 @@ def _materialize(ds, keep: set[str], folder: Path, manifest: Path) -> int:
         recs.append({"path": p, "identity": r.identity, "modality": r.modality, "style": r.style})
     write_manifest(manifest, recs)
     return len(recs)
+
+
+def _prealign(cfg: Config, folder: Path, stage) -> Config:
+    """Align each dataset once (resumable stages); the config with manifest specs in their place."""
+    from . import align
+
+    update = {}
+    for key in ("train", "test", "new_identities", "distractors"):
+        spec = getattr(cfg, key)
+        if spec is None or (key == "new_identities" and all(a == "real" for a in cfg.arms)):
+            continue
+        adir = folder / f"aligned-{key.replace('_', '-')}"
+        ac = align.Config(input=spec, aligner=cfg.prealign, out=adir, batch_size=cfg.evaluation.batch_size)
+        stage(f"align ({key})", adir, ac, align.run)
+        update[key] = ComponentSpec(name="manifest", options={"path": str((adir / "manifest.jsonl").resolve())})
+    return cfg.model_copy(update=update)
 
 
 def _prepare_data(cfg: Config, folder: Path, say) -> dict[str, Any]:
@@ -390,14 +450,16 @@ def _matcher_config(cfg: Config, arm: str, train_spec: dict, gen_manifest: Path 
     })
 
 
-def _evaluate_config(cfg: Config, test_spec: dict, backbone: ComponentSpec, perturbed: bool,
+def _evaluate_config(cfg: Config, test_spec: dict, backbone: ComponentSpec, protocol: str,
                      baseline: Path | None, out: Path):
     from .evaluate import Config as E
 
     ev = cfg.evaluation
-    return E(probes=test_spec, gallery=test_spec, distractors=cfg.distractors, backbone=backbone,
-             aligner=cfg.aligner, perturb=ev.perturb if perturbed else None, batch_size=ev.batch_size,
-             subset_pattern=ev.subset_pattern, worst=ev.worst, baseline=baseline, out=out)
+    perturbed, enlarged = _PROTOCOL[protocol]
+    return E(probes=test_spec, gallery=test_spec, distractors=cfg.distractors if enlarged else None,
+             backbone=backbone, aligner=cfg.aligner, perturb=ev.perturb if perturbed else None,
+             grayscale=ev.grayscale, batch_size=ev.batch_size, subset_pattern=ev.subset_pattern, worst=ev.worst,
+             baseline=baseline, out=out)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -409,7 +471,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
 
     from ..errors import ConfigError, DataError
     from . import evaluate, generate, train_generator, train_matcher
-    from .common import prepare_out, save_run_config, write_json
+    from .common import PeakRSS, prepare_out, save_run_config, write_json
 
     t0 = time.time()
     cfg = config
@@ -420,9 +482,9 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     out = prepare_out(out)
     save_run_config(out, "experiment", cfg)
     say = (lambda m: print(f"c4s experiment: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
-    n_eval = 1 + (cfg.evaluation.perturb is not None)
+    n_eval = len(cfg.evaluation.protocols)
     total = (1 + 2 * sum(a in ("diffusion", "gan") for a in cfg.arms) + sum(a == "procedural" for a in cfg.arms)
-             + len(cfg.arms) * (1 + n_eval) + n_eval * cfg.evaluation.compare_with_hog)
+             + len(cfg.arms) * (1 + n_eval) + n_eval * len(cfg.evaluation.baselines))
     count = [0]
     skipped: list[str] = []
 
@@ -444,9 +506,11 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             stage_cfg = stage_cfg.model_copy(update={"resume": True})
             say(f"  continuing from the checkpoint in {folder}")
         t = time.time()
-        summary = runner(stage_cfg, progress=progress)
+        with PeakRSS() as mem:
+            summary = runner(stage_cfg, progress=progress)
         summary = json.loads(json.dumps(summary, default=str))
-        write_json(marker, {"stage": name, "config_hash": h, "seconds": round(time.time() - t, 1), "summary": summary})
+        write_json(marker, {"stage": name, "config_hash": h, "seconds": round(time.time() - t, 1),
+                            "peak_rss_mb": None if mem.peak_mb is None else round(mem.peak_mb, 1), "summary": summary})
         return summary
 
     # 1. data
@@ -455,6 +519,9 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     data_dir = out / "01-data"
     data_dir.mkdir(exist_ok=True)
     save_run_config(data_dir, "experiment", cfg)
+    if cfg.prealign is not None:
+        total += sum(x is not None for x in (cfg.train, cfg.test, cfg.distractors)) + any(a != "real" for a in cfg.arms)
+        cfg = _prealign(cfg, data_dir, stage)
     data = _prepare_data(cfg, data_dir, say)
     write_json(data_dir / "data.json", data)
 
@@ -500,28 +567,28 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         state = mdir / "last" / "state.json"  # the optimizer steps actually taken
         train_summaries[arm]["optimizer_steps"] = json.loads(state.read_text()).get("step") if state.is_file() else None
 
-    # 5. evaluation
-    probes = ["aligned"] + (["perturbed"] if cfg.evaluation.perturb is not None else [])
+    # 5. evaluation: baselines first (the first one is each arm's report.md comparison)
+    probes = cfg.evaluation.protocols
     reports: dict[str, dict[str, Any]] = {}
-    hog_reports: dict[str, Path] = {}
-    if cfg.evaluation.compare_with_hog:
+    first: dict[str, Path] = {}
+    for name in cfg.evaluation.baselines:
         for p in probes:
-            edir = out / f"05-evaluate-hog-{p}"
-            ec = _evaluate_config(cfg, data["test"], ComponentSpec(name="hog"), p == "perturbed", None, edir)
-            stage(f"evaluate (hog, {p})", edir, ec, evaluate.run)
-            reports.setdefault("hog", {})[p] = json.loads((edir / "report.json").read_text())
-            hog_reports[p] = edir / "report.json"
+            edir = out / f"05-evaluate-{name}-{p}"
+            ec = _evaluate_config(cfg, data["test"], ComponentSpec(name=name), p, None, edir)
+            stage(f"evaluate ({name}, {p})", edir, ec, evaluate.run)
+            reports.setdefault(name, {})[p] = json.loads((edir / "report.json").read_text())
+            first.setdefault(p, edir / "report.json")
     for arm in cfg.arms:
         for p in probes:
             edir = out / f"05-evaluate-{arm}-{p}"
             bb = ComponentSpec(name="matcher", options={"path": str(matchers[arm].resolve())})
-            ec = _evaluate_config(cfg, data["test"], bb, p == "perturbed", hog_reports.get(p), edir)
+            ec = _evaluate_config(cfg, data["test"], bb, p, first.get(p), edir)
             stage(f"evaluate ({arm}, {p})", edir, ec, evaluate.run)
             reports.setdefault(arm, {})[p] = json.loads((edir / "report.json").read_text())
 
     # 6. table, plot, sentences
     rows = {name: {p: _metrics(r) for p, r in by.items()} for name, by in reports.items()}
-    verdicts = _verdicts(cfg.arms, reports)
+    verdicts = _verdicts(cfg.arms, cfg.evaluation.baselines, reports)
     _plot(reports, out / "cmc.png")
     results = {
         "out": str(out), "arms": cfg.arms, "probes": probes, "data": data, "budget": budget,
@@ -557,11 +624,11 @@ def _cmp(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str]:
     return verdict, f"rank-1 {f(a['rank'].get('1'))} vs {f(b['rank'].get('1'))}, AUC {f(a.get('auc'))} vs {f(b.get('auc'))}"
 
 
-def _verdicts(arms: list[str], reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _verdicts(arms: list[str], baselines: list[str], reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for arm in arms:
         v: dict[str, Any] = {}
-        for other in ("hog", "real"):
+        for other in [*baselines, "real"]:
             if other not in reports or other == arm:
                 continue
             v[other] = {p: dict(zip(("verdict", "figures"), _cmp(reports[arm][p], reports[other][p]), strict=True))
@@ -570,52 +637,65 @@ def _verdicts(arms: list[str], reports: dict[str, dict[str, Any]]) -> dict[str, 
     return out
 
 
-def _sentence(arm: str, v: dict[str, Any]) -> str:
-    def part(other: str, label: str) -> str:
-        if other not in v:
-            return ""
-        bits = [f"{d['verdict']} {label} on {p} probes ({d['figures']})" for p, d in v[other].items()]
-        return "; ".join(bits)
+def _label(name: str) -> str:
+    return {"hog": "HOG", "dlib_resnet": "dlib ResNet", "real": "real-only"}.get(name, name)
 
-    parts = [x for x in (part("hog", "HOG"), part("real", "real-only")) if x]
+
+def _sentence(arm: str, v: dict[str, Any]) -> str:
+    parts = ["; ".join(f"{d['verdict']} {_label(other)} on {p} probes ({d['figures']})" for p, d in by.items())
+             for other, by in v.items()]
     if not parts:
         return f"- **{arm}**: nothing to compare with."
     return f"- **{arm}** " + "; it ".join(parts) + "."
 
 
+COLOURS = {"real": "tab:blue", "diffusion": "tab:red", "gan": "tab:green", "procedural": "tab:orange",
+           "hog": "black", "dlib_resnet": "tab:gray"}
+
+
 def _plot(reports: dict[str, dict[str, Any]], path: Path, max_rank: int = 50) -> None:
+    """One CMC panel per protocol, every arm and baseline on each."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.5, 4.5), dpi=100)
+    protocols = list(dict.fromkeys(p for by in reports.values() for p in by))
+    fig = Figure(figsize=(4.2 * len(protocols), 4.2), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    colours = {"real": "tab:blue", "diffusion": "tab:red", "gan": "tab:green", "procedural": "tab:orange",
-               "hog": "black"}
-    for name, by in reports.items():
-        for p, rep in by.items():
-            curve = rep.get("cmc") or []
+    axes = fig.subplots(1, len(protocols), squeeze=False)[0]
+    for ax, p in zip(axes, protocols, strict=True):
+        for name, by in reports.items():
+            curve = (by.get(p) or {}).get("cmc") or []
             n = min(len(curve), max_rank)
-            if not n:
-                continue
-            ax.plot(range(1, n + 1), curve[:n], color=colours.get(name), ls="-" if p == "aligned" else "--",
-                    marker="o" if p == "aligned" else None, markersize=2.5, label=f"{name} ({p})")
-    ax.set_xlabel("rank")
-    ax.set_ylabel("identification rate")
-    ax.set_ylim(0, 1.02)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
-    ax.set_title("CMC: every arm and HOG, same test split")
+            if n:
+                base = name in ("hog", "dlib_resnet") or name not in COLOURS
+                ax.plot(range(1, n + 1), curve[:n], color=COLOURS.get(name), ls="--" if base else "-",
+                        lw=1.2 if base else 1.8, label=_label(name))
+        ax.set_title(p)
+        ax.set_xlabel("rank")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("identification rate")
+    axes[-1].legend(loc="lower right", fontsize=8)
+    fig.suptitle("CMC: same matcher, same budget, same held-out identities")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
     tmp.replace(path)
 
 
+_PROTOCOL_TEXT = {
+    "aligned": "probes as drawn (after alignment)",
+    "perturbed": "probes shifted, scaled and rotated a little after alignment (forensic sketches are never "
+                 "pixel-aligned with their photos)",
+    "distractors": "probes as drawn; gallery enlarged with the distractor photos",
+    "forensic": "perturbed probes against the gallery enlarged with the distractor photos",
+}
+
+
 def _report(cfg: Config, res: dict[str, Any]) -> str:
     probes, budget, data = res["probes"], res["budget"], res["data"]
     labels = [m for m, _ in METRICS]
-    head = ["arm"] + [f"{m} ({p})" for p in probes for m in labels]
+    ev = cfg.evaluation
     L = ["# c4s experiment", "",
          "Same matcher, same budget, same test split; arms differ only in the training data.", "",
          f"Train: {data['identities']['train']} real identities ({data['train_images']} images); "
@@ -624,30 +704,32 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
          + (f", plus {data['identities'].get('distractors')} distractor identities" if cfg.distractors else "")
          + (f"; new identities drawn: {data['identities'].get('new_identities')}" if "new_identities" in data["identities"] else "")
          + f". Budget: {budget['images_per_epoch']} images per epoch x {cfg.matcher.epochs} epochs = "
-         f"{budget['steps']} optimizer steps per arm (batch {cfg.matcher.batch_size}).", "",
-         "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in list(cfg.arms) + (["hog"] if "hog" in res["metrics"] else []):
-        by = res["metrics"][name]
-        cells = []
-        for p in probes:
-            for m in labels:
-                v = by.get(p, {}).get(m)
-                cells.append("–" if v is None else f"{v:.3f}")
-        shown = "hog (training-free baseline)" if name == "hog" else name
-        L.append(f"| {shown} | " + " | ".join(cells) + " |")
-    L += ["", "'perturbed': every probe shifted, scaled and rotated a little before alignment "
-          "(real forensic sketches are never pixel-aligned).", "", "## Verdicts", ""]
+         f"{budget['steps']} optimizer steps per arm (batch {cfg.matcher.batch_size})."
+         + (" All images grey." if ev.grayscale else ""), ""]
+    names = list(cfg.arms) + [b for b in ev.baselines if b in res["metrics"]]
+    for p in probes:
+        c = res["counts"].get(p, {})
+        L += [f"## {p}", "", f"{_PROTOCOL_TEXT[p]}; {c.get('probes_used')} probes, "
+              f"{c.get('gallery_identities')} gallery identities.", "",
+              "| matcher | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        for name in names:
+            by = res["metrics"][name].get(p, {})
+            cells = ["–" if by.get(m) is None else f"{by[m]:.3f}" for m in labels]
+            shown = f"{_label(name)} (no training on sketches)" if name in ev.baselines else name
+            L.append(f"| {shown} | " + " | ".join(cells) + " |")
+        L.append("")
+    L += ["## Verdicts", ""]
     L += [_sentence(arm, res["verdicts"][arm]) for arm in cfg.arms]
-    learnt = [a for a in cfg.arms if "hog" in res["verdicts"][a]]
-    if learnt:
-        losers = [a for a in learnt if any(d["verdict"] != "beats" for d in res["verdicts"][a]["hog"].values())]
-        if len(losers) == len(learnt):
-            L += ["", "**No learnt matcher beats the training-free HOG baseline on every probe setting.** "
-                  "On aligned face-sketch sets HOG is strong; a learnt matcher must be shown against it."]
+    for b in ev.baselines:
+        learnt = [a for a in cfg.arms if b in res["verdicts"][a]]
+        losers = [a for a in learnt if any(d["verdict"] != "beats" for d in res["verdicts"][a][b].values())]
+        if learnt and len(losers) == len(learnt):
+            L += ["", f"**No learnt matcher beats {_label(b)} on every protocol.** A learnt matcher must be shown "
+                  "against the training-free baselines."]
         elif losers:
-            L += ["", f"**Not beating HOG on every probe setting: {', '.join(losers)}.**"]
+            L += ["", f"**Not beating {_label(b)} on every protocol: {', '.join(losers)}.**"]
     L += ["", "## CMC", "", "![CMC](cmc.png)", "",
           "Each stage's folder (`01-data`, `02-generator-*`, `03-generated-*`, `04-matcher-*`, `05-evaluate-*`) "
-          "holds its `config.yaml`; each evaluation has its own report.md with ROC, score histograms and "
-          "worst failures.", ""]
+          "holds its `config.yaml` and `stage.json` (seconds, peak memory); each evaluation has its own report.md "
+          "with ROC, score histograms and worst failures.", ""]
     return "\n".join(L)

@@ -73,6 +73,9 @@ class Config(C4SModel):
         default_factory=lambda: ["pencil", "charcoal", "line_drawing"], description="Sketch styles to generate."
     )
     num_per_style: int = Field(2, ge=1, le=10_000, description="Sketches per identity and style (K).")
+    styles_per_identity: int | None = Field(
+        None, ge=1, description="Draw each identity in only this many of `styles`, picked at random from (seed, "
+        "identity), so many styles cost no more images; none: every style.")
     sampler: ComponentSpec = Field(
         default_factory=lambda: ComponentSpec(name="dpmsolver++", options={"steps": 20}),
         description="Sampler and its options (steps...) for diffusion generators.",
@@ -239,13 +242,27 @@ def _similarity(config: Config, gen) -> _Similarity | None:
 def _run_key(config: Config, ck_hash: str) -> dict[str, Any]:
     import json
 
-    keep = ("generator", "dataset", "num_identities", "styles", "num_per_style", "sampler", "guidance", "seed",
-            "aligner", "condition_size", "similarity", "id_conditioner", "write_photos")
+    keep = ("generator", "dataset", "num_identities", "styles", "num_per_style", "styles_per_identity", "sampler",
+            "guidance", "seed", "aligner", "condition_size", "similarity", "id_conditioner", "write_photos")
     data = json.loads(config.model_dump_json(include=set(keep)))
     if config.checkpoint is not None:
         data.pop("generator")
     data["checkpoint_hash"] = ck_hash
     return data
+
+
+def _styles_of(config: Config, identity: str) -> list[str]:
+    """The styles ``identity`` is drawn in: all, or a seeded subset (order kept)."""
+    n = config.styles_per_identity
+    if n is None or n >= len(config.styles):
+        return list(config.styles)
+    import hashlib
+
+    import numpy as np
+
+    seed = int.from_bytes(hashlib.sha256(f"{config.seed}/{identity}".encode()).digest()[:8], "little")
+    pick = set(np.random.default_rng(seed).choice(len(config.styles), n, replace=False).tolist())
+    return [st for i, st in enumerate(config.styles) if i in pick]
 
 
 def run(config: Config, progress: bool = True) -> dict:
@@ -359,7 +376,7 @@ def _run(config: Config, progress: bool, ctx, device: str | None) -> dict:
     if not idents:
         raise DataError(f"the aligner {config.aligner.name if config.aligner else None!r} found no face in any photo")
 
-    jobs = [(d, st, k) for d in idents for st in config.styles for k in range(config.num_per_style)]
+    jobs = [(d, st, k) for d in idents for st in _styles_of(config, d) for k in range(config.num_per_style)]
     nb = (len(jobs) + config.batch_size - 1) // config.batch_size
     shard = parse_shard(config.shard)
 
