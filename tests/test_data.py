@@ -1,6 +1,7 @@
 """Data layer: errors that name the file, documented conversions, folder datasets, manifests."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -190,3 +191,26 @@ def test_concat_pools_datasets_and_refuses_shared_names(tmp_path):
         ds[len(ds)]
     with pytest.raises(DataError, match=r"concat: datasets 0 and 1 \(paired_folder\) share identity names, e\.g\. p1"):
         build("concat", {"datasets": [parts[0], parts[0]]})
+
+
+def test_recover_folder_finishes_a_swap_cut_by_a_kill(tmp_path):
+    from c4s_core.data.io import recover_folder, replace_folder
+
+    path, tmp = tmp_path / "last", tmp_path / ".last.tmp"
+    path.mkdir()
+    (path / "v").write_text("1")
+    tmp.mkdir()
+    (tmp / "v").write_text("2")
+    # killed between the two renames of replace_folder: old moved aside, new not yet in place
+    os.replace(path, tmp_path / ".last.old-123")
+    assert recover_folder(tmp, path) == path and (path / "v").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    # killed while the new one was being written: the old one stays, the partial temp goes
+    tmp.mkdir()
+    (tmp / "half").write_text("")
+    assert recover_folder(tmp, path) == path and (path / "v").read_text() == "2" and not tmp.exists()
+    # only the old one moved aside, no temp: put it back
+    os.replace(path, tmp_path / ".last.old-9")
+    assert recover_folder(tmp, path) == path and (path / "v").read_text() == "2"
+    replace_folder(path, tmp_path / "other")
+    assert recover_folder(tmp, path) is None

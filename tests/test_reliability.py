@@ -157,6 +157,33 @@ def _weights(path: Path):
     return load_file(str(path))
 
 
+MATCHER_SETS = [
+    "--set", 'data=[{dataset: {name: synthfaces, options: {num_identities: 12, size: 32, images_per_identity: 2, sketches_per_identity: 2}}}]',
+    "--set", "backbone={name: ir_18, options: {widths: [8, 8, 16, 16], input_size: 16, embedding_dim: 16}}",
+    "--set", "epochs=6", "--set", "batch_size=16", "--set", "val_fraction=0.25", "--set", "device=cpu",
+    "--set", "threads=1",
+]
+
+
+def test_train_matcher_killed_then_resumed_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "C4S_LOAD_PLUGINS": "", "OMP_NUM_THREADS": "1"}
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    res = run_cli("train-matcher", "--out", str(ref), "--no-progress", *MATCHER_SETS)
+    assert res.exit_code == 0, res.output
+    proc = subprocess.Popen([sys.executable, "-m", "c4s_core", "train-matcher", "--out", str(run), "--no-progress",
+                             *MATCHER_SETS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = _kill_when(proc, run, "last/state.json")
+    assert killed, "the run finished before it could be killed; make it longer"
+    res = run_cli("train-matcher", "--out", str(run), "--no-progress", "--resume", *MATCHER_SETS)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["finished"]
+    wa, wb = _weights(ref / "last" / "model.safetensors"), _weights(run / "last" / "model.safetensors")
+    assert set(wa) == set(wb)
+    for k in wa:
+        np.testing.assert_allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not list(run.rglob("*.tmp"))
+
+
 GEN_SETS = [
     "--set", "dataset={name: synthfaces, options: {num_identities: 6, images_per_identity: 1, sketches_per_identity: 1, size: 32}}",
     "--set", "generator={name: diffusion, options: {preset: tiny, device: cpu, block_out_channels: [8, 16], norm_num_groups: 4, cross_attention_dim: 16, conditioners: [{name: clip_text, options: {model_config: {embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 32, patch_size: 8, head_width: 16}, text_cfg: {context_length: 16, vocab_size: 49408, width: 16, heads: 2, layers: 1}}}}]}}",

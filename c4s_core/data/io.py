@@ -123,6 +123,25 @@ def replace_folder(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
     return path
 
 
+def recover_folder(tmp: str | os.PathLike, path: str | os.PathLike) -> Path | None:
+    """After a kill inside :func:`replace_folder` (old folder moved aside, new one
+    not yet in place): finish the swap, so ``path`` exists again. Returns ``path``
+    if it exists afterwards, else None. Leftover temp and old folders are removed."""
+    import shutil
+
+    tmp, path = Path(tmp), Path(path)
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"))
+    if not path.exists():
+        if olds and tmp.is_dir():  # the old one is moved aside only once tmp is complete
+            os.replace(tmp, path)
+        elif olds:
+            os.replace(olds.pop(), path)
+    for d in [*olds, tmp]:
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+    return path if path.exists() else None
+
+
 def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Save uint8 HxWx3 (or HxW) atomically; format from the suffix."""
     import io

@@ -271,11 +271,13 @@ class Config(C4SModel):
 # -- stage configs -----------------------------------------------------------------------
 
 
-def _generator_config(cfg: Config, arm: str, out: Path):
+def _generator_config(cfg: Config, arm: str, out: Path, train_spec: dict | None = None):
+    """train-generator's config: the generator learns from the real training pairs
+    only (``train_spec``: the split's train manifest), never from the test split."""
     from .train_generator import Config as TG
 
     return TG.model_validate({
-        **cfg.generator_options, "dataset": cfg.train.model_dump(), "generator": getattr(cfg, arm).model_dump(),
+        **cfg.generator_options, "dataset": train_spec or cfg.train.model_dump(), "generator": getattr(cfg, arm).model_dump(),
         "steps": cfg.diffusion_steps if arm == "diffusion" else cfg.gan_steps, "aligner": cfg.generator_aligner,
         "seed": cfg.seed, "out": out,
     })
@@ -534,7 +536,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         checkpoint = None
         if arm in ("diffusion", "gan"):
             gdir = out / f"02-generator-{arm}"
-            tg = _generator_config(cfg, arm, gdir)
+            tg = _generator_config(cfg, arm, gdir, data["train"])
             s = stage(f"train-generator ({arm})", gdir, tg, train_generator.run,
                       lambda d=gdir: any((d / "checkpoints").glob("step_*")))
             gen_summaries[f"generator-{arm}"] = {k: s.get(k) for k in ("step", "final_loss", "val_loss", "steps_per_s")}

@@ -348,9 +348,12 @@ def _device_type(config: Config) -> str:
 def _resume_state(config: Config, out: Path) -> dict[str, Any] | None:
     """The checkpoint to continue from (with the backbone weights under ``model``),
     or None for a fresh run; refuses a fresh run over an old one."""
+    from ..data.io import recover_folder
     from ..training import load_state, load_weights
 
     last_dir = out / "last"
+    recover_folder(out / ".last.tmp", last_dir)  # a kill in the middle of the last swap
+    recover_folder(out / ".best.tmp", out / "best")
     if config.resume:
         if not (last_dir / "state.json").is_file():
             raise DataError(f"--resume: no checkpoint in {last_dir} (state.json); run without --resume first")
@@ -387,6 +390,7 @@ def _sync_norm_stats(head, norms) -> bool:
 
 
 def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any]:
+    import shutil
     import time
 
     import numpy as np
@@ -396,6 +400,7 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
 
     from .. import __version__, metrics
     from .. import distributed as dist
+    from ..data.io import replace_folder
     from ..errors import C4SError
     from ..plugins import get_registries
     from ..training import lr_at, rng_state, save_state, seed_everything, set_rng_state
@@ -582,14 +587,21 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
         if new_best:
             best = {"epoch": epoch + 1, "rank1": score}
         if main:  # plain (unwrapped) state dicts: resumable with any number of processes
-            save_matcher(last_dir, backbone, bb_name, extra)
-            if new_best:
-                save_matcher(best_dir, backbone, bb_name, extra)
-            save_state(last_dir, "state", {
+            # weights and state of one epoch go into a temp folder swapped in whole, so a
+            # kill never leaves last/ holding one epoch's weights and another's state
+            tmp = out / ".last.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_matcher(tmp, backbone, bb_name, extra)
+            save_state(tmp, "state", {
                 "config": json.loads(config.model_dump_json()), "epoch": epoch + 1, "step": step,
                 "history": history, "best": best, "data_hash": data_hash, "c4s_version": __version__,
                 "world_size": world, "head": head.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
             })
+            if new_best:
+                shutil.rmtree(out / ".best.tmp", ignore_errors=True)
+                shutil.copytree(tmp, out / ".best.tmp", ignore=shutil.ignore_patterns("state.*"))
+                replace_folder(out / ".best.tmp", best_dir)
+            replace_folder(tmp, last_dir)
             write_json(out / "history.json", history)
         dist.barrier()
         ran += 1

@@ -1,0 +1,127 @@
+"""The issue-12 experiment config (examples/experiments/clip4sketch-real.yaml) run
+end to end at a tiny size on synthfaces, so the shipped config cannot rot: same
+arms, styles per identity, protocols, grey images, baselines and stage records."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from c4s_core.config import load_config
+from c4s_core.pipelines import experiment as ex
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "examples/experiments/clip4sketch-real.yaml"
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+STYLES = ["pencil", "charcoal", "line"]
+
+
+def synth(seed, prefix, n, sketches, styles=STYLES):
+    return {"name": "synthfaces", "options": {"num_identities": n, "images_per_identity": 1,
+                                              "sketches_per_identity": sketches, "seed": seed, "prefix": prefix,
+                                              "size": 48, "styles": styles}}
+
+
+def shrink(cfg: ex.Config, out: Path) -> ex.Config:
+    """The shipped config with data swapped for synthfaces and every size made tiny;
+    arms, protocols, grayscale, baselines, styles_per_identity and the split stay."""
+    d = cfg.model_dump()
+    diff = d["diffusion"]["options"]
+    diff.update(preset="tiny", sample_size=32, block_out_channels=[8, 16], attention_levels=[False, True],
+                cross_attention_dim=16, norm_num_groups=4, device="cpu", ema_decay=0.9,
+                conditioners=[{"name": "clip_image", "options": {"model_config": TINY_CLIP}},
+                              {"name": "clip_text", "options": {"model_config": TINY_CLIP}}])
+    d["gan"]["options"].update(preset="tiny", size=32, device="cpu")
+    d["procedural"]["options"]["size"] = 32
+    d["generator_options"].update(batch_size=4, checkpoint_every=0, condition_size=32)
+    d["matcher"]["backbone"]["options"].update(widths=[8, 8, 16, 16], input_size=32, embedding_dim=16)
+    d["matcher"].update(epochs=2, batch_size=8, images_per_epoch=40, threads=1)
+    d["sampler"]["options"]["steps"] = 2
+    baselines = [b for b in d["evaluation"]["baselines"] if b != "dlib_resnet" or importlib.util.find_spec("dlib")]
+    d["evaluation"].update(worst=0, baselines=baselines)
+    d.update(out=out, train=synth(0, "tr", 10, 3), distractors=synth(3, "dx", 12, 0), new_identities=synth(2, "nw", 5, 0),
+             new_limit=None, prealign={"name": "center"}, styles=STYLES, diffusion_steps=2, gan_steps=2)
+    return ex.Config.model_validate(d)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from c4s_core.plugins import set_registries
+
+    set_registries(None)
+    shipped = load_config(ex.Config, CONFIG)
+    cfg = shrink(shipped, tmp_path_factory.mktemp("real") / "run")
+    res = ex.run(cfg, progress=False)
+    set_registries(None)
+    return shipped, cfg, res
+
+
+def test_shipped_config_is_the_issue_12_design():
+    cfg = load_config(ex.Config, CONFIG)
+    assert cfg.arms == ["real", "diffusion", "gan", "procedural"] and cfg.test is None
+    assert cfg.evaluation.protocols == ["aligned", "perturbed", "distractors", "forensic"]
+    assert cfg.evaluation.grayscale and cfg.evaluation.baselines == ["hog", "dlib_resnet"]
+    assert cfg.new_identities.options["limit"] >= 2000 and cfg.distractors.options["limit"] >= 1000
+    assert set(cfg.styles) == {"cufs", "fs2k_0", "fs2k_1", "fs2k_2"} and cfg.styles_per_identity == 2
+    assert cfg.prealign is not None and cfg.prealign.name == "dlib"
+
+
+def test_tiny_run_of_the_shipped_config(run):
+    shipped, cfg, res = run
+    out = Path(res["out"])
+    protocols = shipped.evaluation.protocols
+    assert res["probes"] == protocols
+    for name in [*cfg.arms, *cfg.evaluation.baselines]:
+        assert set(res["metrics"][name]) == set(protocols), name
+    # the distractor protocols search a larger gallery than the plain ones
+    c = res["counts"]
+    assert c["distractors"]["gallery_identities"] == c["aligned"]["gallery_identities"] + 12
+    assert c["forensic"]["gallery_identities"] == c["distractors"]["gallery_identities"]
+    md = (out / "report.md").read_text()
+    assert all(f"## {p}" in md for p in protocols) and "All images grey." in md
+    for p in protocols:
+        rep = json.loads((out / f"05-evaluate-real-{p}" / "report.json").read_text())
+        assert rep["grayscale"] is True and (rep["perturb"] is not None) == (p in ("perturbed", "forensic"))
+
+
+def test_generator_never_sees_the_test_split(run):
+    from c4s_core.data.manifest import read_manifest
+
+    _, cfg, res = run
+    out = Path(res["out"])
+    test_ids = {r["identity"] for r in read_manifest(out / "01-data" / "test.jsonl")}
+    for arm in ("diffusion", "gan"):
+        gcfg = (out / f"02-generator-{arm}" / "config.yaml").read_text()
+        assert str((out / "01-data" / "train.jsonl").resolve()) in gcfg, arm
+    train_ids = {r["identity"] for r in read_manifest(out / "01-data" / "train.jsonl")}
+    assert test_ids and not test_ids & train_ids
+
+
+def test_each_new_identity_in_two_of_the_styles(run):
+    from c4s_core.data.manifest import read_manifest
+
+    _, cfg, res = run
+    recs = [r for r in read_manifest(Path(res["out"]) / "03-generated-diffusion" / "manifest.jsonl")
+            if r["modality"] == "sketch"]
+    by: dict[str, set] = {}
+    for r in recs:
+        by.setdefault(r["identity"], set()).add(r["style"])
+    assert len(by) == 5 and all(len(s) == 2 and s <= set(STYLES) for s in by.values())
+    assert len({frozenset(s) for s in by.values()}) > 1  # the pick differs between identities
+
+
+def test_every_stage_records_time_and_peak_memory(run):
+    _, _, res = run
+    out = Path(res["out"])
+    marks = sorted(out.glob("*/stage.json")) + sorted(out.glob("01-data/*/stage.json"))
+    assert len(marks) >= 4 + 4 * 4 + 3 + 3
+    for m in marks:
+        rec = json.loads(m.read_text())
+        assert rec["seconds"] >= 0 and rec["peak_rss_mb"] > 50, m
