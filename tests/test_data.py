@@ -214,3 +214,16 @@ def test_recover_folder_finishes_a_swap_cut_by_a_kill(tmp_path):
     assert recover_folder(tmp, path) == path and (path / "v").read_text() == "2"
     replace_folder(path, tmp_path / "other")
     assert recover_folder(tmp, path) is None
+
+
+def test_peak_rss_sees_a_stage_allocation():
+    from c4s_core.pipelines.common import PeakRSS
+
+    with PeakRSS(interval=0.01) as idle:
+        pass
+    with PeakRSS(interval=0.01) as busy:
+        block = np.ones(200 * 2**20 // 8)  # 200 MB, touched
+        del block
+    if idle.peak_mb is None:
+        pytest.skip("no /proc/self/statm here")
+    assert busy.peak_mb - idle.peak_mb > 150

@@ -219,3 +219,31 @@ def test_config_checks_subset_pattern_and_baseline(tmp_path):
     (tmp_path / "r.json").write_text('{"rank": {}}')
     with pytest.raises(DataError, match="lacks tar_at_far, auc"):
         evaluate.run(evaluate.Config(baseline=tmp_path / "r.json", out=tmp_path / "o"), progress=False)
+
+
+class ChromaBackbone(PixelBackbone):
+    """Per-pixel colour differences (R-G, G-B): zero for grey images."""
+
+    name = "chroma"
+
+    def embed(self, images):
+        x = np.stack([np.asarray(im, np.float32) for im in images])
+        return np.concatenate([(x[..., 0] - x[..., 1]).reshape(len(x), -1),
+                               (x[..., 1] - x[..., 2]).reshape(len(x), -1)], axis=1) + 1.0
+
+
+def test_grayscale_turns_every_crop_grey(tmp_path):
+    from c4s_core.pipelines.evaluate import _grey
+    from c4s_core.registry import Origin
+
+    c4s_core.get_registries().backbone.register(ChromaBackbone, origin=Origin("test"))
+    ds = paired(make_pairs(tmp_path / "data", n=6))
+    runs = {g: evaluate.run(evaluate.Config(probes=ds, gallery=ds, backbone={"name": "chroma"},
+                                            out=tmp_path / f"g{g}", grayscale=g), progress=False) for g in (False, True)}
+    # grey crops carry no colour: every embedding is the same constant, so scores tie at 1
+    scores = json.loads((tmp_path / "gTrue" / "report.json").read_text())
+    assert scores["grayscale"] is True and runs[True]["auc"] == 0.5
+    assert runs[False]["auc"] != 0.5
+    px = np.array([[[255, 0, 0], [10, 200, 30]]], np.uint8)
+    assert _grey(px).tolist() == [[[76, 76, 76], [124, 124, 124]]]
+    assert _grey(px[..., 0]).shape == (1, 2, 3)
