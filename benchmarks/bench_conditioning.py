@@ -80,9 +80,10 @@ def main():
     import torch
 
     torch.set_num_threads(a.threads)
+    from c4s_plugins.diffusion import DiffusionGenerator
+
     from c4s_core import get_registries
     from c4s_core.data.io import resize
-    from c4s_plugins.diffusion import DiffusionGenerator
 
     t0 = time.time()
     gen = DiffusionGenerator.from_pretrained(a.generator, device="cpu")

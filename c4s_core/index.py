@@ -23,12 +23,21 @@ row's, and :meth:`GalleryIndex.save` removes the ones no row names.
 An index belongs to one model: :meth:`GalleryIndex.check_model` refuses any
 other (a different file hash), since embeddings of two models do not compare.
 
-Search is exact: scores are dot products (cosine, as rows are unit length),
-computed over ``chunk_size`` rows at a time with ``argpartition`` keeping only
-candidates, so memory stays ``O(queries x (chunk_size + k x m))`` where ``m`` is
-the most images any identity has. Identities score by their best image. The
-optional ``faiss`` backend (``pip install faiss-cpu``) gives the same answer
-with FAISS's flat inner-product index.
+Search backends (scores are dot products: cosine, as rows are unit length;
+identities score by their best image):
+
+- ``exact`` (default): float32, over ``chunk_size`` rows at a time with
+  ``argpartition`` keeping only candidates, so memory stays
+  ``O(queries x (chunk_size + k x m))`` where ``m`` is the most images any
+  identity has. Memory-bound: one query reads the whole gallery.
+- ``bf16``: the gallery cast once to bfloat16 (torch; half the bytes per query,
+  AMX/AVX512-BF16 matrix units where the CPU has them), the best
+  ``rescore x k`` rows per query re-scored in float32. Scores are exact; the
+  ranking differs from ``exact`` only where bfloat16 rounding (about 3
+  significant digits) pushes a true top-k row below the candidates.
+- ``faiss`` (``pip install faiss-cpu``): a FAISS index from ``faiss_factory``
+  (``Flat``: exact; ``HNSW32``, ``IVF1024,Flat``...: approximate, sub-linear),
+  built once per opened index and kept in memory.
 """
 
 from __future__ import annotations
@@ -56,7 +65,8 @@ INDEX_FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
 THUMBS_DIR = "thumbs"
 _THUMB_NAME = re.compile(r"^[0-9a-f]{32}\.jpg$")
-Backend = Literal["exact", "faiss"]
+Backend = Literal["exact", "bf16", "faiss"]
+BACKENDS = ("exact", "bf16", "faiss")
 
 
 class IndexError_(DataError):  # noqa: N801 - IndexError is a builtin
@@ -115,6 +125,7 @@ class GalleryIndex:
         self.embeddings = embeddings
         self.rows = rows
         self._opened_generation = int(info.get("generation", 0))
+        self._cache: dict[str, Any] = {}  # backend structures of these embeddings (bf16 copy, FAISS index)
 
     # -- create / open --------------------------------------------------------------------
     @classmethod
@@ -312,6 +323,7 @@ class GalleryIndex:
         norm = np.linalg.norm(emb, axis=1, keepdims=True)
         emb = emb / np.maximum(norm, 1e-12)
         self.embeddings = np.concatenate([np.asarray(self.embeddings), emb.astype(self.info["dtype"])])
+        self._cache.clear()
         self.rows = self.rows + [
             {"identity": i, "source": str(s), **({"thumb": t} if t else {})}
             for i, s, t in zip(identities, sources, thumbs, strict=True)
@@ -329,6 +341,7 @@ class GalleryIndex:
         keep = [k for k, r in enumerate(self.rows) if r["identity"] not in gone]
         removed = len(self.rows) - len(keep)
         self.embeddings = np.asarray(self.embeddings)[keep]
+        self._cache.clear()
         self.rows = [self.rows[k] for k in keep]
         return removed
 
@@ -365,10 +378,70 @@ class GalleryIndex:
             self._remove_unused_thumbnails()
             self.info = info
             self.embeddings = emb
+            self._cache.clear()
             self._opened_generation = gen
         return folder
 
     # -- search ---------------------------------------------------------------------------
+    def _bf16_search(self, q: np.ndarray, k: int, chunk_size: int, rescore: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            import torch
+        except ImportError:
+            raise MissingDependencyError("search backend 'bf16' needs torch; use --backend exact") from None
+        gal = self._cache.get("bf16")
+        if gal is None:  # cast chunk by chunk: never a float32 copy of the whole gallery
+            gal = torch.cat([torch.from_numpy(c).to(torch.bfloat16) for c in _chunks_f32(self.embeddings, 1 << 18)])
+            self._cache["bf16"] = gal
+        n = len(gal)
+        m = min(n, max(k * rescore, k + 16))
+        qb = torch.from_numpy(q).to(torch.bfloat16)
+        with torch.inference_mode():
+            if len(q) == 1:  # a matrix-vector product reads the gallery once, fastest for one query
+                cand = torch.topk(torch.mv(gal, qb[0]).float(), m).indices[None]
+            else:
+                best_s = best_r = None
+                for start in range(0, n, chunk_size):
+                    s = (qb @ gal[start:start + chunk_size].T).float()
+                    r = torch.arange(start, start + s.shape[1]).expand_as(s)
+                    if best_s is not None:
+                        s, r = torch.cat([best_s, s], 1), torch.cat([best_r, r], 1)
+                    top = torch.topk(s, min(m, s.shape[1]), dim=1).indices
+                    best_s, best_r = s.gather(1, top), r.gather(1, top)
+                cand = best_r
+        rows = cand.numpy().astype(np.int64)
+        # exact float32 scores of the candidates, then the best k of them
+        vec = np.asarray(self.embeddings[np.sort(rows.ravel())], np.float32)
+        pos = np.searchsorted(np.sort(rows.ravel()), rows)
+        scores = np.einsum("qkd,qd->qk", vec[pos], q)
+        part = np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]
+        return _sorted(np.take_along_axis(scores, part, 1), np.take_along_axis(rows, part, 1))
+
+    def _faiss_search(self, q: np.ndarray, k: int, factory: str, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _import_faiss()
+        index = self._cache.get(("faiss", factory))
+        if index is None:
+            d = int(self.info["embedding_dim"])
+            try:
+                index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+            except RuntimeError as err:
+                raise IndexError_(f"faiss_factory {factory!r} is not a FAISS index description: "
+                                  f"{str(err).strip().splitlines()[-1]}") from None
+            if not index.is_trained:  # IVF: k-means on (a sample of) the gallery
+                n_train = min(len(self.embeddings), 256 * max(1, getattr(index, "nlist", 1)))
+                pick = np.random.default_rng(0).choice(len(self.embeddings), n_train, replace=False)
+                index.train(np.asarray(self.embeddings[np.sort(pick)], np.float32))
+            for c in _chunks_f32(self.embeddings, 1 << 18):
+                index.add(np.ascontiguousarray(c))
+            self._cache[("faiss", factory)] = index
+        if hasattr(index, "nprobe"):
+            index.nprobe = nprobe
+        if hasattr(index, "hnsw"):
+            index.hnsw.efSearch = max(nprobe, k)
+        scores, rows = index.search(np.ascontiguousarray(q), int(k))
+        ok = rows >= 0  # FAISS pads with -1 when it finds fewer than k
+        scores = np.where(ok, scores, -np.inf).astype(np.float32)
+        return _sorted(scores, rows.astype(np.int64))
+
     def _identity_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(identities, row -> identity code, images per identity), cached per ``rows`` list
         (add and remove make a new list), so repeated searches skip the sort."""
@@ -380,8 +453,10 @@ class GalleryIndex:
         return cached[2]
 
     def search(self, queries: np.ndarray, top_k: int = 10, chunk_size: int = 65536,
-               backend: Backend = "exact") -> list[list[Hit]]:
-        """Top-``top_k`` identities per query (best image per identity), best first."""
+               backend: Backend = "exact", faiss_factory: str = "Flat", faiss_nprobe: int = 16,
+               rescore: int = 4) -> list[list[Hit]]:
+        """Top-``top_k`` identities per query (best image per identity), best first.
+        ``backend``: exact, bf16 or faiss (see the module docstring)."""
         q = np.asarray(queries, np.float32)
         if q.ndim == 1:
             q = q[None]
@@ -396,15 +471,19 @@ class GalleryIndex:
         # the k-th best identity's best row ranks at most (k-1)*m + 1 among rows
         keep = min(len(self.rows), top_k * int(counts.max()))
         if backend == "faiss":
-            scores, rows = _faiss_search(self.embeddings, q, keep)
+            scores, rows = self._faiss_search(q, keep, faiss_factory, faiss_nprobe)
         elif backend == "exact":
             scores, rows = exact_search(self.embeddings, q, keep, chunk_size)
+        elif backend == "bf16":
+            scores, rows = self._bf16_search(q, keep, chunk_size, rescore)
         else:
-            raise IndexError_(f"search backend {backend!r} is not one of exact, faiss")
+            raise IndexError_(f"search backend {backend!r} is not one of {', '.join(BACKENDS)}")
         out = []
         for qi in range(len(q)):
             hits, seen = [], set()
             for s, r in zip(scores[qi], rows[qi], strict=True):
+                if r < 0:  # FAISS found fewer rows
+                    break
                 c = codes[r]
                 if c in seen:
                     continue
@@ -414,6 +493,16 @@ class GalleryIndex:
                     break
             out.append(hits)
         return out
+
+
+def _chunks_f32(embeddings: np.ndarray, chunk_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(embeddings), chunk_size):
+        yield np.asarray(embeddings[start:start + chunk_size], np.float32)
+
+
+def _sorted(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((rows, -scores), axis=1) if scores.size else np.zeros_like(rows)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
 def _codes(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -442,11 +531,10 @@ def exact_search(embeddings: np.ndarray, queries: np.ndarray, k: int, chunk_size
             s = np.take_along_axis(s, part, axis=1)
             rows = np.take_along_axis(rows, part, axis=1)
         best_s, best_r = s, rows
-    order = np.lexsort((best_r, -best_s), axis=1) if best_s.size else np.zeros_like(best_r)
-    return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_r, order, axis=1)
+    return _sorted(best_s, best_r)
 
 
-def _faiss_search(embeddings: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _import_faiss():
     try:
         import faiss
     except ImportError:
@@ -454,7 +542,4 @@ def _faiss_search(embeddings: np.ndarray, q: np.ndarray, k: int) -> tuple[np.nda
             "search backend 'faiss' needs the 'faiss' package, which is not installed. "
             "Install it with: pip install faiss-cpu (or faiss-gpu), or use --backend exact"
         ) from None
-    index = faiss.IndexFlatIP(int(embeddings.shape[1]))
-    index.add(np.ascontiguousarray(np.asarray(embeddings, np.float32)))
-    scores, rows = index.search(np.ascontiguousarray(q), int(k))
-    return scores.astype(np.float32), rows.astype(np.int64)
+    return faiss

@@ -255,16 +255,21 @@ def remove(index, identities, missing_ok, as_json):
 @click.option("--top-k", type=click.IntRange(1, 100000), default=10, show_default=True, help="Identities per sketch.")
 @click.option("--chunk-size", type=click.IntRange(1, 1 << 24), default=65536, show_default=True,
               help="Gallery rows scored at a time (bounds memory).")
-@click.option("--backend", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True,
-              help="exact: chunked matrix product; faiss: FAISS flat index (pip install faiss-cpu).")
+@click.option("--backend", type=click.Choice(["exact", "bf16", "faiss"]), default="exact", show_default=True,
+              help="exact: float32 chunked matrix product; bf16: bfloat16 product (torch) with the candidates "
+              "re-scored in float32, about 2x faster on large galleries; faiss: a FAISS index (pip install faiss-cpu).")
+@click.option("--faiss-factory", default="Flat", show_default=True,
+              help="FAISS index description for --backend faiss: Flat (exact), HNSW32, IVF4096,Flat...")
+@click.option("--faiss-nprobe", type=click.IntRange(1, 1 << 16), default=16, show_default=True,
+              help="Search breadth for --backend faiss: IVF lists probed, or HNSW efSearch.")
 @_aligner_opt
 @_aligner_set_opt
 @_device_opt
 @_batch_opt
 @_threads_opt
 @_json_opt
-def search(index, model, sketches, top_k, chunk_size, backend, aligner, aligner_options, device, batch_size,
-           threads, as_json):
+def search(index, model, sketches, top_k, chunk_size, backend, faiss_factory, faiss_nprobe, aligner, aligner_options,
+           device, batch_size, threads, as_json):
     """Rank gallery identities for each SKETCH (image files or folders)."""
     from .export import file_sha256
     from .index import GalleryIndex
@@ -275,7 +280,8 @@ def search(index, model, sketches, top_k, chunk_size, backend, aligner, aligner_
     emb = _embedder(model, device, batch_size, threads, spec)
     paths = collect_queries(sketches)
     vecs, kept, skipped = emb.embed_files(paths, on_error="raise")
-    hits = gi.search(vecs, top_k=top_k, chunk_size=chunk_size, backend=backend)
+    hits = gi.search(vecs, top_k=top_k, chunk_size=chunk_size, backend=backend, faiss_factory=faiss_factory,
+                     faiss_nprobe=faiss_nprobe)
     results = [{"query": str(paths[k]), "hits": [h.as_dict() for h in hs]} for k, hs in zip(kept, hits, strict=True)]
     if as_json:
         click.echo(json.dumps({"index": str(index), "top_k": top_k, "results": results,

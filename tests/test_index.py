@@ -169,17 +169,55 @@ def test_damaged_index_is_reported(tmp_path):
         GalleryIndex.open(tmp_path / "nothing")
 
 
-def test_faiss_backend_is_optional(tmp_path):
+def test_faiss_backend_is_optional(tmp_path, monkeypatch):
+    import sys
+
     gi, _, emb = make(tmp_path)
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        with pytest.raises(MissingDependencyError, match="faiss-cpu"):
-            gi.search(emb[:2], backend="faiss")
-    else:  # pragma: no cover - only where faiss is installed
-        a = gi.search(emb[:2], backend="faiss")
-        b = gi.search(emb[:2])
-        assert [[h.identity for h in r] for r in a] == [[h.identity for h in r] for r in b]
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if not installed
+    with pytest.raises(MissingDependencyError, match="faiss-cpu"):
+        gi.search(emb[:2], backend="faiss")
+
+
+def hits(results):
+    return [[(h.identity, round(h.score, 5)) for h in r] for r in results]
+
+
+@pytest.mark.parametrize("nq", [1, 5])
+def test_bf16_backend_gives_exact_scores_and_the_exact_ranking(tmp_path, nq):
+    pytest.importorskip("torch")
+    gi, ids, emb = make(tmp_path, n=3000, d=32, per_id=3)
+    rng = np.random.default_rng(1)
+    q = emb[rng.integers(0, 3000, nq)] + 0.2 * unit(nq, 32, seed=7)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    ref = gi.search(q, top_k=10)
+    got = gi.search(q, top_k=10, backend="bf16", chunk_size=1000)
+    assert hits(got) == hits(ref) == [[(i, round(s, 5)) for i, s in r] for r in brute(emb, ids, q, 10)]
+    assert [[h.source for h in r] for r in got] == [[h.source for h in r] for r in ref]
+    gi.add(["new"], q[:1])  # the cached bf16 copy follows changes
+    assert gi.search(q[:1], top_k=1, backend="bf16")[0][0].identity == "new"
+
+
+def same(a, b):
+    assert [[h.identity for h in r] for r in a] == [[h.identity for h in r] for r in b]
+    np.testing.assert_allclose([[h.score for h in r] for r in a], [[h.score for h in r] for r in b], atol=1e-5)
+
+
+def test_faiss_flat_is_exact_and_hnsw_close(tmp_path):
+    pytest.importorskip("faiss")
+    gi, ids, emb = make(tmp_path, n=2000, d=32)
+    q = emb[:20] + 0.3 * unit(20, 32, seed=3)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    ref = gi.search(q, top_k=10)
+    same(gi.search(q, top_k=10, backend="faiss"), ref)
+    approx = gi.search(q, top_k=10, backend="faiss", faiss_factory="HNSW32")
+    recall = np.mean([len({h.identity for h in a} & {h.identity for h in b}) / 10 for a, b in zip(approx, ref, strict=True)])
+    assert recall >= 0.9
+    ivf = gi.search(q, top_k=10, backend="faiss", faiss_factory="IVF16,Flat", faiss_nprobe=16)  # every list: exact
+    same(ivf, ref)
+    with pytest.raises(IndexError_, match="faiss_factory 'Bogus9' is not a FAISS index description"):
+        gi.search(q, backend="faiss", faiss_factory="Bogus9")
+    tiny, _, e2 = make(tmp_path, n=3, d=32, name="t")
+    assert [len(r) for r in tiny.search(e2[:1], top_k=10, backend="faiss")] == [3]  # fewer rows than k
 
 
 # -- the `match` commands ---------------------------------------------------------------

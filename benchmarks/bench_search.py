@@ -1,0 +1,125 @@
+"""Gallery search latency and recall per backend (prints JSON).
+
+Random unit 512-d embeddings (no cluster structure: the hard case for
+approximate indexes), queries = a gallery row + noise. Per gallery size and
+backend: build/open time, median ms per query for 1 query and for a batch of
+16 (per query), recall@10 against the exact float32 top-10 (on random data
+the 9 rows after the mate are near-ties of noise, so approximate indexes score
+low here), and the share of queries whose source row's identity is rank 1.
+
+    python benchmarks/bench_search.py --rows 100000,1000000 --threads 2
+    python benchmarks/bench_search.py --rows 1000000 --backends exact,bf16,faiss:IVF1024,Flat
+
+Issue 7's goal: <= 50 ms per query for 1M x 512 on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT = "exact,exact-f16,bf16,faiss:Flat,faiss:IVF1024,Flat,faiss:HNSW32"
+
+
+def parse_backends(text: str) -> list[str]:
+    out: list[str] = []
+    for part in text.split(","):  # FAISS descriptions contain commas: glue them back
+        if out and out[-1].startswith("faiss:") and not part.startswith(("exact", "bf16", "faiss:")):
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return out
+
+
+def median_ms(fn, reps: int) -> float:
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return 1000 * sorted(ts)[len(ts) // 2]
+
+
+def bench(rows: int, dim: int, backends: list[str], tmp: Path, reps: int, hnsw_max: int) -> list[dict]:
+    from c4s_core.index import GalleryIndex
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((rows, dim), dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ids = [f"id{i:07d}" for i in range(rows)]
+    src = rng.integers(0, rows, 16)
+    q = emb[src] + 0.05 * rng.standard_normal((16, dim), dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    galleries = {}
+    for dtype in ("float32", "float16"):
+        if dtype == "float16" and "exact-f16" not in backends:
+            continue
+        gi = GalleryIndex.create(tmp / f"g{rows}-{dtype}", model_hash="bench", embedding_dim=dim, dtype=dtype)
+        gi.add(ids, emb)
+        gi.save()
+        galleries[dtype] = tmp / f"g{rows}-{dtype}"
+    del emb
+    ref_gi = GalleryIndex.open(galleries["float32"])
+    truth = [{h.identity for h in r} for r in ref_gi.search(q, top_k=10)]
+    out = []
+    for b in backends:
+        name, _, factory = b.partition(":")
+        if name == "faiss" and factory.startswith("HNSW") and rows > hnsw_max:
+            out.append({"rows": rows, "backend": b, "skipped": f"HNSW build on more than {hnsw_max} rows (--hnsw-max)"})
+            continue
+        kw = {"backend": "exact" if name == "exact-f16" else name}
+        if name == "faiss":
+            kw.update(faiss_factory=factory, faiss_nprobe=64 if factory.startswith("HNSW") else 16)
+        t = time.perf_counter()
+        gi = GalleryIndex.open(galleries["float16" if name == "exact-f16" else "float32"])
+        gi.search(q[:1], top_k=10, **kw)  # builds and caches the backend's structure (bf16 copy, FAISS index)
+        build_s = time.perf_counter() - t
+        one = median_ms(lambda gi=gi, kw=kw: gi.search(q[:1], top_k=10, **kw), reps)
+        batch = median_ms(lambda gi=gi, kw=kw: gi.search(q, top_k=10, **kw), max(2, reps // 2)) / len(q)
+        res = gi.search(q, top_k=10, **kw)
+        got = [{h.identity for h in r} for r in res]
+        recall = float(np.mean([len(a & t) / len(t) for a, t in zip(got, truth, strict=True)]))
+        mate = float(np.mean([bool(r) and r[0].identity == ids[i] for r, i in zip(res, src, strict=True)]))
+        out.append({"rows": rows, "dim": dim, "backend": b, "build_or_open_s": round(build_s, 2),
+                    "ms_per_query_single": round(one, 2), "ms_per_query_batch16": round(batch, 2),
+                    "recall_at_10": round(recall, 4), "mate_at_rank1": round(mate, 4)})
+        del gi
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", default="100000,1000000", help="gallery sizes, comma-separated")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--backends", default=DEFAULT, help=f"comma-separated (default {DEFAULT})")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch, BLAS and FAISS threads")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--hnsw-max", type=int, default=200_000, help="skip HNSW builds above this many rows (slow on CPU)")
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(a.threads)
+    except ImportError:
+        pass
+    backends = parse_backends(a.backends)
+    res = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (int(x) for x in a.rows.split(",")):
+            res += bench(n, a.dim, backends, Path(tmp), a.reps, a.hnsw_max)
+    print(json.dumps({"bench": "search", "threads": a.threads, "cpu": platform.processor() or platform.machine(),
+                      "goal_ms_per_query_1M": 50, "results": res}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
