@@ -5,7 +5,8 @@
   registered); the ONNX file is the one ``c4s export`` writes (uint8 in,
   preprocessing and L2 norm inside), torch runs the same module;
 - exact gallery search latency on a random 100k x 512 gallery (float32 and
-  float16 storage), 1 and 16 queries, top-10, chunk 65536.
+  float16 storage), 1 and 16 queries, top-10, chunk 65536 (every backend, 1M
+  rows and recall: benchmarks/bench_search.py).
 
     .venv/bin/python benchmarks/bench_export.py [--threads 2] [--rows 100000] [--no-ir18]
 """
@@ -55,16 +56,16 @@ def _bench_model(name: str, model, meta, tmp: Path, threads: int, batches=(1, 64
     row = {"model": name, "input_size": [h, w], "embedding_dim": meta.embedding_dim,
            "params": int(sum(p.numel() for p in model.parameters())), "onnx_mb": round(res.size_bytes / 2**20, 2),
            "export_s": round(export_s, 2), "parity_max_abs_diff": res.max_abs_diff}
-    int8_sess = None
-    if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        q = tmp / f"{name}.int8.onnx"
-        quantize_dynamic(res.path, q, weight_type=QuantType.QInt8)
-        int8_sess = ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+    int8_sess = {}
+    if int8:  # c4s export's own quantisers; static calibrates on 32 other images
         ref = sess.run(None, {"images": parity})[0]
-        got = int8_sess.run(None, {"images": parity})[0]
-        row["int8_min_cosine"] = round(float((ref * got).sum(1).min()), 5)
+        calib = rng.integers(0, 256, (32, h, w, 3), dtype=np.uint8)
+        for mode in ("dynamic", "static"):
+            q = tmp / f"{name}.int8-{mode}.onnx"
+            ex.quantize_int8(res.path, q, mode=mode, calibration=calib if mode == "static" else None)
+            int8_sess[mode] = ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+            got = int8_sess[mode].run(None, {"images": parity})[0]
+            row[f"int8_{mode}_min_cosine"] = round(float((ref * got).sum(1).min()), 5)
     for b in batches:
         x = rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8)
         xt = torch.from_numpy(x)
@@ -76,8 +77,8 @@ def _bench_model(name: str, model, meta, tmp: Path, threads: int, batches=(1, 64
         row[f"onnxruntime_per_s_b{b}"] = round(_rate(lambda x=x: sess.run(None, {"images": x}), b), 1)
         row[f"torch_eager_per_s_b{b}"] = round(_rate(run_torch, b), 1)
         row[f"speedup_b{b}"] = round(row[f"onnxruntime_per_s_b{b}"] / row[f"torch_eager_per_s_b{b}"], 2)
-        if int8_sess is not None:
-            row[f"onnxruntime_int8_per_s_b{b}"] = round(_rate(lambda x=x: int8_sess.run(None, {"images": x}), b), 1)
+        for mode, qs in int8_sess.items():
+            row[f"onnxruntime_int8_{mode}_per_s_b{b}"] = round(_rate(lambda x=x, qs=qs: qs.run(None, {"images": x}), b), 1)
     return row
 
 
@@ -122,7 +123,7 @@ def main() -> None:
     ap.add_argument("--no-ir18", action="store_true", help="skip the full-width backbone")
     ap.add_argument("--backbone", default="ir_18", help="full-width backbone to time (e.g. ir_50)")
     ap.add_argument("--batches", default="1,64", help="batch sizes, comma-separated (issue goal: 1,32)")
-    ap.add_argument("--int8", action="store_true", help="also time a dynamic int8 quantisation")
+    ap.add_argument("--int8", action="store_true", help="also time int8 quantisations (dynamic and static QDQ)")
     a = ap.parse_args()
 
     import torch
