@@ -73,7 +73,7 @@ def test_demo_tiny_runs_every_stage(tmp_path):
     hits = json.loads((out / "deploy" / "search.json").read_text())
     assert len(hits) == 3 and all(len(h["hits"]) == 3 for h in hits)
     # a stage's saved config reruns that stage on its own
-    stage = out / "experiment" / "05-evaluate-hog-aligned"
+    stage = out / "experiment" / "05-evaluate-hog-distractors"
     res = CliRunner().invoke(cli, ["evaluate", "--config", str(stage / "config.yaml"),
                                    "--out", str(tmp_path / "again"), "--no-progress"])
     assert res.exit_code == 0, res.output
