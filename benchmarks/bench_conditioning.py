@@ -105,7 +105,7 @@ def main():
     _, photos = load(a.refs, "photo", a.condition_size, a.n)
     photos = list(photos)
     sampler = get_registries().sampler.build("dpmsolver++", {"steps": a.steps})
-    bb = get_registries().backbone.build("dlib_resnet")
+    bb = get_registries().backbone.build("dlib_resnet", {"cnn_fallback": False})  # whole image if no face found
     ref_emb = np.asarray(bb.embed([resize(p, tuple(bb.input_size)) for p in photos]), np.float32)
     roles = set(gen.roles.values()) if isinstance(gen.roles, dict) else set(gen.roles)
     variants = {"all conditions": {}}

@@ -133,7 +133,7 @@ def test_resume_skips_finished_stages(finished):
     (out / "05-evaluate-real-perturbed" / "stage.json").unlink()
     res2 = ex.run(cfg.model_copy(update={"resume": True}), progress=False)
     assert "05-evaluate-real-perturbed" not in res2["skipped_stages"]
-    assert len(res2["skipped_stages"]) == 2 + 3 + 4 + 2 * 5 - 1
+    assert len(res2["skipped_stages"]) == 2 + 3 + 3 + 4 + 2 * 5 - 1  # 3: each generated set's report
     assert weights.stat().st_mtime_ns == before
     assert res2["metrics"] == res["metrics"]
 

@@ -46,6 +46,8 @@ def shrink(cfg: ex.Config, out: Path) -> ex.Config:
     d["sampler"]["options"]["steps"] = 2
     baselines = [b for b in d["evaluation"]["baselines"] if b != "dlib_resnet" or importlib.util.find_spec("dlib")]
     d["evaluation"].update(worst=0, baselines=baselines)
+    if not importlib.util.find_spec("dlib"):
+        d["report_similarity"] = None
     d.update(out=out, train=synth(0, "tr", 10, 3), distractors=synth(3, "dx", 12, 0), new_identities=synth(2, "nw", 5, 0),
              new_limit=None, prealign={"name": "center"}, styles=STYLES, diffusion_steps=2, gan_steps=2)
     return ex.Config.model_validate(d)
@@ -117,11 +119,23 @@ def test_each_new_identity_in_two_of_the_styles(run):
     assert len({frozenset(s) for s in by.values()}) > 1  # the pick differs between identities
 
 
+def test_each_generated_set_has_its_report(run):
+    _, cfg, res = run
+    for arm in ("diffusion", "gan", "procedural"):
+        rep = json.loads((Path(res["out"]) / f"03-generated-{arm}" / "report" / "report.json").read_text())
+        assert rep["identities"] == 5 and rep["sketches"] == 10, arm
+        assert (Path(res["out"]) / f"03-generated-{arm}" / "report" / "contact_sheet.png").is_file()
+        if cfg.report_similarity is not None:
+            assert rep["identity_similarity"]["n"] == 10 and rep["impostor_similarity"]["n"] == 10
+            assert -1 <= rep["impostor_similarity"]["mean"] <= 1
+
+
 def test_every_stage_records_time_and_peak_memory(run):
     _, _, res = run
     out = Path(res["out"])
-    marks = sorted(out.glob("*/stage.json")) + sorted(out.glob("01-data/*/stage.json"))
-    assert len(marks) >= 4 + 4 * 4 + 3 + 3
+    marks = sorted(out.glob("*/stage.json")) + sorted(out.glob("*/*/stage.json"))
+    # align train/new/distractors, 2 generators, 3 sets + their reports, 4 matchers, 4 protocols x (arms + baselines)
+    assert len(marks) == 3 + 2 + 3 + 3 + 4 + 4 * len(res["metrics"])
     for m in marks:
         rec = json.loads(m.read_text())
         assert rec["seconds"] >= 0 and rec["peak_rss_mb"] > 50, m

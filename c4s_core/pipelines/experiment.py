@@ -211,6 +211,10 @@ class Config(C4SModel):
         description="Sampler of the diffusion generator.")
     guidance: dict[str, float] = Field(
         default_factory=lambda: {"identity": 2.0, "style": 2.0}, description="Per-role guidance of the diffusion generator.")
+    report_similarity: ComponentSpec | None = Field(
+        None, description="Encoder measuring identity similarity (genuine and impostor) in each generated set's "
+        "report (report-dataset; e.g. dlib_id); none: the report has diversity and the contact sheet only.")
+    report_identities: int = Field(200, ge=2, le=100_000, description="Identities sampled for report_similarity.")
     generate_batch_size: int = Field(16, ge=1, le=4096, description="Images per sampling batch.")
     aligner: ComponentSpec = Field(
         default_factory=_whole,
@@ -472,7 +476,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     import time
 
     from ..errors import ConfigError, DataError
-    from . import evaluate, generate, train_generator, train_matcher
+    from . import evaluate, generate, report_dataset, train_generator, train_matcher
     from .common import PeakRSS, prepare_out, save_run_config, write_json
 
     t0 = time.time()
@@ -485,7 +489,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     save_run_config(out, "experiment", cfg)
     say = (lambda m: print(f"c4s experiment: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     n_eval = len(cfg.evaluation.protocols)
-    total = (1 + 2 * sum(a in ("diffusion", "gan") for a in cfg.arms) + sum(a == "procedural" for a in cfg.arms)
+    total = (1 + 3 * sum(a in ("diffusion", "gan") for a in cfg.arms) + 2 * sum(a == "procedural" for a in cfg.arms)
              + len(cfg.arms) * (1 + n_eval) + n_eval * len(cfg.evaluation.baselines))
     count = [0]
     skipped: list[str] = []
@@ -501,7 +505,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
                 raise ConfigError(f"{folder} holds stage {name!r} finished with other settings; delete that folder "
                                   "or use another --out")
             say(f"[{count[0]}/{total}] {name}: done already, skipped")
-            skipped.append(folder.name)
+            skipped.append(str(folder.relative_to(out)))
             return done["summary"]
         say(f"[{count[0]}/{total}] {name} -> {folder}")
         if resumable is not None and resumable():
@@ -547,6 +551,11 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             raise DataError(f"generate ({arm}) did not finish the set in {sdir}; rerun with --resume")
         gen_sets[arm] = sdir / "manifest.jsonl"
         gen_summaries[f"generated-{arm}"] = {k: s.get(k) for k in ("identities", "jobs", "manifest_records", "seconds")}
+        rc = report_dataset.Config(path=sdir, out=sdir / "report", similarity_encoder=cfg.report_similarity,
+                                   similarity_identities=cfg.report_identities)
+        r = stage(f"report-dataset ({arm})", sdir / "report", rc, report_dataset.run)
+        gen_summaries[f"generated-{arm}"]["report"] = {
+            k: r.get(k) for k in ("identity_similarity_mean", "impostor_similarity_mean", "diversity_within_style")}
 
     # 4. matchers, same budget
     from ..data.manifest import read_manifest

@@ -37,6 +37,10 @@ class Config(C4SModel):
     diversity_identities: int = Field(200, ge=1, le=100_000, description="Identities sampled for diversity figures.")
     encoder: ComponentSpec | None = Field(None, description="Conditioner for embedding-space diversity; none: pixels only.")
     bins: int = Field(30, ge=5, le=200, description="Histogram bins.")
+    similarity_encoder: ComponentSpec | None = Field(
+        None, description="Measure identity similarity here, for sets generated without it (e.g. dlib_id): "
+        "genuine (sketch vs its own photo) and impostor (vs another identity's photo), on similarity_identities.")
+    similarity_identities: int = Field(200, ge=2, le=100_000, description="Identities sampled (seeded) for similarity_encoder.")
 
 
 def _stats(v):
@@ -72,6 +76,37 @@ def _cos_pairwise(e) -> float | None:
     return float(np.mean([1.0 - s[i, j] for i in range(n) for j in range(i + 1, n)]))
 
 
+def _measure_similarity(config: Config, src: Path, sk: list[dict], photos: dict[str, dict], progress: bool):
+    """Sketch records of sampled identities with ``identity_similarity`` (cosine to
+    their own photo) filled in, and the impostor statistics (cosine to the photo of
+    the next sampled identity): the gap is what a matcher can learn from the set."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..data.io import load_image
+    from ..plugins import get_registries
+    from .generate import _Similarity
+
+    ids = sorted(i for i in {r["identity"] for r in sk} if i in photos)
+    rng = np.random.default_rng(0)
+    pick = sorted(rng.choice(len(ids), min(len(ids), config.similarity_identities), replace=False).tolist())
+    ids = [ids[i] for i in pick]
+    sim = _Similarity(get_registries().conditioner.build(config.similarity_encoder), config.similarity_encoder.name)
+    nxt = {d: ids[(i + 1) % len(ids)] for i, d in enumerate(ids)}
+    ph = {}
+    out, imp = [], []
+    keep = set(ids)
+    for r in tqdm([r for r in sk if r["identity"] in keep], desc="similarity", disable=not progress, unit="img"):
+        d = r["identity"]
+        for key in (d, nxt[d]):
+            if key not in ph:
+                ph[key] = load_image(src / photos[key]["path"])
+        gen, other = sim.scores([load_image(src / r["path"])] * 2, [d, nxt[d]], [ph[d], ph[nxt[d]]])
+        out.append({**r, "identity_similarity": gen, "similarity_encoder": sim.name})
+        imp.append(other)
+    return out, _stats(imp)
+
+
 def run(config: Config, progress: bool = True) -> dict:
     from collections import Counter, defaultdict
 
@@ -104,6 +139,9 @@ def run(config: Config, progress: bool = True) -> dict:
     styles = sorted({str(r.get("style")) for r in sk})
     by_style = Counter(str(r.get("style")) for r in sk)
     by_ident = Counter(r["identity"] for r in sk)
+    impostor = None
+    if config.similarity_encoder is not None and all(r.get("identity_similarity") is None for r in sk):
+        sk, impostor = _measure_similarity(config, src, sk, photos, progress)
     sims = [r.get("identity_similarity") for r in sk]
     sim_by_style = {s: _stats([r.get("identity_similarity") for r in sk if str(r.get("style")) == s]) for s in styles}
 
@@ -188,6 +226,7 @@ def run(config: Config, progress: bool = True) -> dict:
         "styles": dict(sorted(by_style.items())),
         "sketches_per_identity": _stats(list(by_ident.values())),
         "identity_similarity": _stats(sims), "identity_similarity_by_style": sim_by_style,
+        "impostor_similarity": impostor,
         "similarity_encoder": next((r.get("similarity_encoder") for r in sk if r.get("similarity_encoder")), None),
         "diversity": {
             "space": "grey 32x32 pixels in [0, 1], mean absolute difference",
@@ -209,6 +248,7 @@ def run(config: Config, progress: bool = True) -> dict:
     atomic_write_bytes(out / "report.md", _markdown(report).encode())
     return {"out": str(out), **{k: report[k] for k in ("sketches", "identities", "styles")},
             "identity_similarity_mean": (report["identity_similarity"] or {}).get("mean"),
+            "impostor_similarity_mean": (report["impostor_similarity"] or {}).get("mean"),
             "diversity_within_style": report["diversity"]["diversity_within_style"]}
 
 
@@ -225,9 +265,12 @@ def _markdown(r: dict) -> str:
     ]
     for st, n in r["styles"].items():
         lines.append(f"| {st} | {n} | {f((r['identity_similarity_by_style'].get(st) or {}).get('mean'))} |")
+    imp = r.get("impostor_similarity") or {}
     lines += [
         "", f"Identity similarity ({r['similarity_encoder'] or 'not measured'}): mean {f(s.get('mean'))}, "
-        f"std {f(s.get('std'))}, median {f(s.get('median'))}, 5-95% [{f(s.get('q05'))}, {f(s.get('q95'))}].", "",
+        f"std {f(s.get('std'))}, median {f(s.get('median'))}, 5-95% [{f(s.get('q05'))}, {f(s.get('q95'))}]"
+        + (f"; against another identity's photo (impostor): mean {f(imp.get('mean'))} "
+           f"(gap {f(s.get('mean', 0) - imp.get('mean', 0))}, over {s.get('n')} sketches)" if imp else "") + ".", "",
         f"Diversity ({r['diversity']['space']}): within style {f(r['diversity']['diversity_within_style'])}, "
         f"within identity {f(r['diversity']['diversity_identity'])}.",
     ]
