@@ -260,39 +260,25 @@ class SoftShading(SketchStyle):
 
 # The artists' styles of the real datasets (prompt-only: they are learnt from the
 # sketches; the label comes from the dataset, e.g. paired_folder's styles_csv).
-class CUFS(SketchStyle):
-    """CUFS: realistic soft pencil shading by one artist, frontal, aligned."""
-
-    name = "cufs"
-    prompts = ("a realistic pencil sketch of a face with soft graphite shading, frontal, neutral expression",)
-
-
-class FS2K0(SketchStyle):
-    """FS2K style 0: sparse pencil outlines, few hair strokes, little shading."""
-
-    name = "fs2k_0"
-    prompts = ("a sparse pencil line sketch of a face, thin outlines and a few hair strokes, no shading",)
-
-
-class FS2K1(SketchStyle):
-    """FS2K style 1: bold dark ink-like strokes, heavy hair."""
-
-    name = "fs2k_1"
-    prompts = ("a bold dark ink sketch of a face, thick black strokes and heavily drawn hair",)
-
-
-class FS2K2(SketchStyle):
-    """FS2K style 2: fine detailed pencil with light hatching."""
-
-    name = "fs2k_2"
-    prompts = ("a fine detailed pencil sketch of a face, light hatching and many thin hair lines",)
+ARTISTS = (
+    ("cufs", "CUFS: realistic soft pencil shading by one artist, frontal, aligned.",
+     "a realistic pencil sketch of a face with soft graphite shading, frontal, neutral expression"),
+    ("fs2k_0", "FS2K style 0: sparse pencil outlines, few hair strokes, little shading.",
+     "a sparse pencil line sketch of a face, thin outlines and a few hair strokes, no shading"),
+    ("fs2k_1", "FS2K style 1: bold dark ink-like strokes, heavy hair.",
+     "a bold dark ink sketch of a face, thick black strokes and heavily drawn hair"),
+    ("fs2k_2", "FS2K style 2: fine detailed pencil with light hatching.",
+     "a fine detailed pencil sketch of a face, light hatching and many thin hair lines"),
+)
+ARTIST_STYLES = tuple(
+    type(f"ArtistStyle_{name}", (SketchStyle,), {"__doc__": doc, "__module__": __name__, "name": name,
+                                                 "description": doc, "prompts": (prompt,)})
+    for name, doc, prompt in ARTISTS
+)
 
 
 STYLES: tuple[tuple[type[SketchStyle], tuple[str, ...]], ...] = (
-    (CUFS, ()),
-    (FS2K0, ()),
-    (FS2K1, ()),
-    (FS2K2, ()),
+    *((cls, ()) for cls in ARTIST_STYLES),
     (Pencil, ()),
     (Charcoal, ()),
     (LineDrawing, ("line",)),

@@ -165,23 +165,30 @@ MATCHER_SETS = [
 ]
 
 
-def test_train_matcher_killed_then_resumed_equals_uninterrupted(tmp_path):
+def _kill_resume_matches_uninterrupted(tmp_path, command, sets, marker, weights, rtol, atol):
+    """Run ``command`` once through; run it again, SIGKILL it once ``marker`` exists,
+    --resume it; the final weights must equal the uninterrupted run's."""
     env = {**os.environ, "C4S_LOAD_PLUGINS": "", "OMP_NUM_THREADS": "1"}
     ref, run = tmp_path / "ref", tmp_path / "run"
-    res = run_cli("train-matcher", "--out", str(ref), "--no-progress", *MATCHER_SETS)
+    res = run_cli(command, "--out", str(ref), "--no-progress", *sets)
     assert res.exit_code == 0, res.output
-    proc = subprocess.Popen([sys.executable, "-m", "c4s_core", "train-matcher", "--out", str(run), "--no-progress",
-                             *MATCHER_SETS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed = _kill_when(proc, run, "last/state.json")
-    assert killed, "the run finished before it could be killed; make it longer"
-    res = run_cli("train-matcher", "--out", str(run), "--no-progress", "--resume", *MATCHER_SETS)
+    proc = subprocess.Popen([sys.executable, "-m", "c4s_core", command, "--out", str(run), "--no-progress", *sets],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _kill_when(proc, run, marker), "the run finished before it could be killed; make it longer"
+    res = run_cli(command, "--out", str(run), "--no-progress", "--resume", *sets)
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["finished"]
-    wa, wb = _weights(ref / "last" / "model.safetensors"), _weights(run / "last" / "model.safetensors")
+    wa, wb = _weights(ref / weights), _weights(run / weights)
     assert set(wa) == set(wb)
     for k in wa:
-        np.testing.assert_allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(wa[k], wb[k], rtol=rtol, atol=atol, err_msg=k)
     assert not list(run.rglob("*.tmp"))
+    return res
+
+
+def test_train_matcher_killed_then_resumed_equals_uninterrupted(tmp_path):
+    res = _kill_resume_matches_uninterrupted(tmp_path, "train-matcher", MATCHER_SETS, "last/state.json",
+                                             "last/model.safetensors", 1e-5, 1e-6)
+    assert json.loads(res.output)["finished"]
 
 
 GEN_SETS = [
@@ -194,19 +201,5 @@ GEN_SETS = [
 
 
 def test_train_generator_killed_then_resumed_equals_uninterrupted(tmp_path):
-    env = {**os.environ, "C4S_LOAD_PLUGINS": "", "OMP_NUM_THREADS": "1"}
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    res = run_cli("train-generator", "--out", str(ref), "--no-progress", *GEN_SETS)
-    assert res.exit_code == 0, res.output
-    proc = subprocess.Popen([sys.executable, "-m", "c4s_core", "train-generator", "--out", str(run), "--no-progress",
-                             *GEN_SETS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed = _kill_when(proc, run, "checkpoints/step_*/trainer_state.pt")
-    assert killed, "the run finished before it could be killed; make it longer"
-    res = run_cli("train-generator", "--out", str(run), "--no-progress", "--resume", *GEN_SETS)
-    assert res.exit_code == 0, res.output
-    wa = _weights(ref / "generator" / "model.safetensors")
-    wb = _weights(run / "generator" / "model.safetensors")
-    assert set(wa) == set(wb)
-    for k in wa:
-        np.testing.assert_allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5, err_msg=k)
-    assert not list(run.rglob("*.tmp"))
+    _kill_resume_matches_uninterrupted(tmp_path, "train-generator", GEN_SETS, "checkpoints/step_*/trainer_state.pt",
+                                       "generator/model.safetensors", 1e-4, 1e-5)
