@@ -115,11 +115,12 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Merge ``extra`` over ``base``; a component section naming another
     component (a different ``name``) replaces the default rather than merging,
-    so one component's options never leak into another's."""
+    so one component's options never leak into another's. An empty mapping
+    replaces too: ``guidance: {}`` means none, not the defaults."""
     out = dict(base)
     for k, v in extra.items():
         old = out.get(k)
-        if isinstance(v, dict) and isinstance(old, dict) and not (
+        if isinstance(v, dict) and v and isinstance(old, dict) and not (
             "name" in v and "name" in old and v["name"] != old["name"]
         ):
             out[k] = deep_merge(out[k], v)

@@ -47,3 +47,15 @@ def test_errors_name_file_and_field(tmp_path):
     h.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(Cfg, h)
+
+
+def test_config_file_merges_into_defaults_and_empty_mapping_clears(tmp_path):
+    from c4s_core.pipelines import experiment as ex
+
+    p = tmp_path / "c.yaml"
+    p.write_text("guidance: {identity: 3.0}\ngenerator_options: {batch_size: 8}\n")
+    cfg = load_config(ex.Config, p)
+    assert cfg.guidance == {"identity": 3.0, "style": 2.0}  # merged key by key
+    assert cfg.generator_options["batch_size"] == 8 and cfg.generator_options["condition_size"] == 64
+    p.write_text("guidance: {}\n")
+    assert load_config(ex.Config, p).guidance == {}  # {} means none, not the defaults
