@@ -184,3 +184,12 @@ def test_cufs_config_loads_and_splits(shared_data, monkeypatch, tmp_path):
     tr = {r["identity"] for r in read_manifest(tmp_path / "data" / "train.jsonl")}
     te = {r["identity"] for r in read_manifest(tmp_path / "data" / "test.jsonl")}
     assert not tr & te and all(Path(r["path"]).is_file() for r in read_manifest(tmp_path / "data" / "test.jsonl"))
+
+
+def test_bad_generator_options_fail_at_load(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("gan: {name: gan, options: {preset: small, size: 48}}\n")
+    from c4s_core.config import load_config
+
+    with pytest.raises(ConfigError, match=r"(?s)gan: invalid options for generator .gan.*size=48 must be divisible by 2\*\*num_downs"):
+        load_config(ex.Config, p)

@@ -260,15 +260,25 @@ class Config(C4SModel):
 
     @model_validator(mode="after")
     def _stage_configs(self):
-        # build every stage config once so a bad option fails at load time, naming the field
+        # build every stage config and generator options once, so a bad option fails at
+        # load time naming the field, not an hour into the run
         from pydantic import ValidationError
 
-        for arm in ("diffusion", "gan"):
-            if arm in self.arms:
-                try:
+        from ..errors import C4SError
+        from ..plugins import get_registries
+
+        for arm in ("diffusion", "gan", "procedural"):
+            if arm not in self.arms:
+                continue
+            try:
+                if arm != "procedural":
                     _generator_config(self, arm, Path("."))
-                except ValidationError as err:
-                    raise ValueError(f"{arm} training settings: {err}") from None
+                spec = getattr(self, arm)
+                get_registries().generator.config(spec.name, spec.options)
+            except ValidationError as err:
+                raise ValueError(f"{arm} training settings: {err}") from None
+            except C4SError as err:
+                raise ValueError(f"{arm}: {err}") from None
         return self
 
 
