@@ -128,6 +128,16 @@ def test_each_generated_set_has_its_report(run):
         if cfg.report_similarity is not None:
             assert rep["identity_similarity"]["n"] == 10 and rep["impostor_similarity"]["n"] == 10
             assert -1 <= rep["impostor_similarity"]["mean"] <= 1
+    # similarity on a sample of identities; counts still over the whole set
+    from c4s_core.pipelines import report_dataset
+
+    sdir = Path(res["out"]) / "03-generated-procedural"
+    enc = cfg.report_similarity or {"name": "clip_image", "options": {"model_config": TINY_CLIP}}
+    r = report_dataset.run(report_dataset.Config(path=sdir, out=sdir / "sampled", similarity_encoder=enc,
+                                                 similarity_identities=2), progress=False)
+    rep = json.loads((sdir / "sampled" / "report.json").read_text())
+    assert rep["sketches"] == 10 and rep["identities"] == 5 and r["sketches"] == 10
+    assert rep["identity_similarity"]["n"] == 4 and rep["impostor_similarity"]["n"] == 4
 
 
 def test_every_stage_records_time_and_peak_memory(run):

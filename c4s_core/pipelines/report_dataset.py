@@ -141,7 +141,9 @@ def run(config: Config, progress: bool = True) -> dict:
     by_ident = Counter(r["identity"] for r in sk)
     impostor = None
     if config.similarity_encoder is not None and all(r.get("identity_similarity") is None for r in sk):
-        sk, impostor = _measure_similarity(config, src, sk, photos, progress)
+        measured, impostor = _measure_similarity(config, src, sk, photos, progress)
+        got = {r["path"]: r for r in measured}
+        sk = [got.get(r["path"], r) for r in sk]  # counts stay over the whole set
     sims = [r.get("identity_similarity") for r in sk]
     sim_by_style = {s: _stats([r.get("identity_similarity") for r in sk if str(r.get("style")) == s]) for s in styles}
 
