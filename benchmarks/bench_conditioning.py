@@ -87,7 +87,7 @@ def main():
 
     t0 = time.time()
     gen = DiffusionGenerator.from_pretrained(a.generator, device="cpu")
-    size = gen.unet_config["sample_size"] if hasattr(gen, "unet_config") else gen.config.unet_options()["sample_size"]
+    size = gen.unet_config["sample_size"]
 
     # style classifier on the real sketches: fit on 80 %, report accuracy on 20 %
     recs, real = load(a.real, "sketch", size)

@@ -409,10 +409,10 @@ class GalleryIndex:
                     best_s, best_r = s.gather(1, top), r.gather(1, top)
                 cand = best_r
         rows = cand.numpy().astype(np.int64)
-        # exact float32 scores of the candidates, then the best k of them
-        vec = np.asarray(self.embeddings[np.sort(rows.ravel())], np.float32)
-        pos = np.searchsorted(np.sort(rows.ravel()), rows)
-        scores = np.einsum("qkd,qd->qk", vec[pos], q)
+        # exact float32 scores of the candidates (each row read once), then the best k of them
+        uniq, pos = np.unique(rows, return_inverse=True)
+        vec = np.asarray(self.embeddings[uniq], np.float32)
+        scores = np.einsum("qkd,qd->qk", vec[pos.reshape(rows.shape)], q)
         part = np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]
         return _sorted(np.take_along_axis(scores, part, 1), np.take_along_axis(rows, part, 1))
 

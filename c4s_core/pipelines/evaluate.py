@@ -122,13 +122,10 @@ class Config(C4SModel):
 
 
 def _grey(image):
-    """uint8 RGB -> its luminance (BT.601) in all three channels."""
-    import numpy as np
+    """uint8 RGB (or grey) -> its luminance (BT.601) in all three channels."""
+    from ..styles import as_rgb_uint8, luminance
 
-    if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2)
-    y = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.repeat(np.clip(np.rint(y), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    return as_rgb_uint8(luminance(image), image.shape[:2])
 
 
 def _select(ds, modality: str, ids: set[str] | None, on_error: str):

@@ -200,7 +200,8 @@ class _Similarity:
         self.encoder, self.name = encoder, name
         self._photos: dict[str, Any] = {}
 
-    def _embed(self, images):
+    def embed(self, images):
+        """Unit-length first-token embeddings of ``images``."""
         import numpy as np
 
         t = self.encoder.encode(list(images), None)
@@ -210,11 +211,11 @@ class _Similarity:
 
     def photo(self, key: str, image):
         if key not in self._photos:  # one at a time: the value never depends on the shard
-            self._photos[key] = self._embed([image])[0]
+            self._photos[key] = self.embed([image])[0]
         return self._photos[key]
 
     def scores(self, sketches, photo_keys, photos) -> list[float]:
-        e = self._embed(sketches)
+        e = self.embed(sketches)
         return [round(float(e[i] @ self.photo(k, p)), 6) for i, (k, p) in enumerate(zip(photo_keys, photos, strict=True))]
 
 

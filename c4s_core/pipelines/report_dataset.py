@@ -101,9 +101,10 @@ def _measure_similarity(config: Config, src: Path, sk: list[dict], photos: dict[
         for key in (d, nxt[d]):
             if key not in ph:
                 ph[key] = load_image(src / photos[key]["path"])
-        gen, other = sim.scores([load_image(src / r["path"])] * 2, [d, nxt[d]], [ph[d], ph[nxt[d]]])
-        out.append({**r, "identity_similarity": gen, "similarity_encoder": sim.name})
-        imp.append(other)
+        e = sim.embed([load_image(src / r["path"])])[0]  # once, scored against both photos
+        out.append({**r, "identity_similarity": round(float(e @ sim.photo(d, ph[d])), 6),
+                    "similarity_encoder": sim.name})
+        imp.append(float(e @ sim.photo(nxt[d], ph[nxt[d]])))
     return out, _stats(imp)
 
 
