@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tinyclip import TINY_CLIP
 
 from c4s_core import get_registries
 from c4s_core.cache import EmbeddingCache, conditioner_identity, content_hash, encode_cached
 from c4s_core.errors import C4SError, ConfigError, DataError
-
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 
 
 def photos(n=3, seed=0, shape=(40, 36, 3)):

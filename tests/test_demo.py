@@ -5,15 +5,10 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+from tinyclip import TINY_CLIP
 
 from c4s_core.cli import cli
 from c4s_core.pipelines import demo
-
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 
 
 def synth(seed, prefix, n, sketches):

@@ -7,15 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from tinyclip import TINY_CLIP
 
 from c4s_core import ComponentSpec, get_registries
 from c4s_core.errors import C4SError, ConfigError
-
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 
 
 def tiny_options(**kw):

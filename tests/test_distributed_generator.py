@@ -14,15 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tinyclip import TINY_CLIP
 
 from c4s_core.pipelines import get_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 STEPS = 4
 
 

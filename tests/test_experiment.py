@@ -8,16 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from tinyclip import TINY_CLIP
 
 from c4s_core.errors import ConfigError, DataError
 from c4s_core.pipelines import experiment as ex
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 
 
 def synth(seed, prefix, n, sketches):

@@ -13,17 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tinyclip import TINY_CLIP
 
 from c4s_core import get_registries
 from c4s_core.data.manifest import read_manifest
 from c4s_core.errors import ConfigError, DataError
 from c4s_core.pipelines import get_pipeline
 
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 ID_ENCODER = {"name": "clip_image", "options": {"model_config": TINY_CLIP}}
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,17 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from tinyclip import TINY_CLIP
 
 from c4s_core.config import load_config
 from c4s_core.pipelines import experiment as ex
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples/experiments/clip4sketch-real.yaml"
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 STYLES = ["pencil", "charcoal", "line"]
 
 

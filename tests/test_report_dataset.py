@@ -6,16 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from tinyclip import TINY_CLIP
 
 from c4s_core.data.manifest import read_manifest
 from c4s_core.errors import DataError
 from c4s_core.pipelines import get_pipeline
-
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 
 
 def make_set(out, jitter=1.0):

@@ -84,6 +84,17 @@ def _whole() -> ComponentSpec:
     return ComponentSpec(name="center", options={"box": [0.0, 0.0, 1.0, 1.0]})
 
 
+def _pass_through(v: dict[str, Any], label: str, own: set[str], stage_model, stage: str) -> dict[str, Any]:
+    """Fields handed to a stage config: neither ones the experiment sets itself nor unknown ones."""
+    bad = sorted(set(v) & own)
+    if bad:
+        raise ValueError(f"{label} may not set {bad}: the experiment sets them (use the fields above)")
+    unknown = sorted(set(v) - set(stage_model.model_fields))
+    if unknown:
+        raise ValueError(f"{label}: {unknown} are not {stage} fields")
+    return v
+
+
 class MatcherSettings(C4SModel):
     backbone: ComponentSpec = Field(
         default_factory=lambda: ComponentSpec(name="ir_18", options={
@@ -112,13 +123,7 @@ class MatcherSettings(C4SModel):
     def _options(cls, v):
         from .train_matcher import Config as TM
 
-        bad = sorted(set(v) & _MATCHER_OWN)
-        if bad:
-            raise ValueError(f"matcher.options may not set {bad}: the experiment sets them (use the fields above)")
-        unknown = sorted(set(v) - set(TM.model_fields))
-        if unknown:
-            raise ValueError(f"matcher.options: {unknown} are not train-matcher fields")
-        return v
+        return _pass_through(v, "matcher.options", _MATCHER_OWN, TM, "train-matcher")
 
 
 PROTOCOLS = ("aligned", "perturbed", "distractors", "forensic")
@@ -243,13 +248,7 @@ class Config(C4SModel):
     def _gen_options(cls, v):
         from .train_generator import Config as TG
 
-        bad = sorted(set(v) & _GEN_OWN)
-        if bad:
-            raise ValueError(f"generator_options may not set {bad}: the experiment sets them")
-        unknown = sorted(set(v) - set(TG.model_fields))
-        if unknown:
-            raise ValueError(f"generator_options: {unknown} are not train-generator fields")
-        return v
+        return _pass_through(v, "generator_options", _GEN_OWN, TG, "train-generator")
 
     @field_validator("styles")
     @classmethod
