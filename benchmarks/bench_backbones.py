@@ -2,7 +2,7 @@
 step with an AdaFace head) in fp32 eager and in channels_last + bf16 autocast,
 and embed() throughput. Prints one JSON line; no assertions.
 
-    python benchmarks/bench_backbones.py [--backbone ir_50] [--batch 16] [--iters 3] [--threads N]
+    python benchmarks/bench_backbones.py [--backbone ir_50] [--batch 16] [--iters 3] [--threads N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3, help="Timed steps per mode (after one warm-up step).")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
     ap.add_argument("--classes", type=int, default=1000, help="Head classes.")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on the device in the second mode).")
     a = ap.parse_args()
 
     import torch
@@ -31,25 +32,30 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     regs = c4s_core.get_registries()
+
+    def sync():  # CUDA runs ahead of the host: time finished work only
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     result = {"backbone": a.backbone, "batch": a.batch, "iters": a.iters, "threads": torch.get_num_threads(),
-              "device": "cpu", "torch": torch.__version__}
+              "device": a.device, "torch": torch.__version__}
     for mode in ("fp32_eager", "channels_last_bf16"):
         torch.manual_seed(0)
-        bb = regs.backbone.build(a.backbone, {"device": "cpu"})
-        head = regs.head.build("adaface").build(bb.embedding_dim, a.classes)
+        bb = regs.backbone.build(a.backbone, {"device": a.device})
+        head = regs.head.build("adaface").build(bb.embedding_dim, a.classes).to(a.device)
         model = bb.model.train()
         cl = mode != "fp32_eager"
         if cl:
             model.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
         h, w = bb.input_size
-        x = torch.randn(a.batch, 3, h, w)
+        x = torch.randn(a.batch, 3, h, w, device=a.device)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, a.classes, (a.batch,))
+        y = torch.randint(0, a.classes, (a.batch,), device=a.device)
 
         def step(model=model, head=head, opt=opt, x=x, y=y, cl=cl):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cl):
+            with torch.autocast(torch.device(a.device).type, dtype=torch.bfloat16, enabled=cl):
                 feat = model(x)
             feat = feat.float()
             norms = feat.norm(dim=1, keepdim=True)
@@ -59,13 +65,15 @@ def main() -> None:
             opt.step()
 
         step()
+        sync()
         t = time.perf_counter()
         for _ in range(a.iters):
             step()
+        sync()
         dt = time.perf_counter() - t
         result[f"train_images_per_s_{mode}"] = round(a.batch * a.iters / dt, 2)
 
-    bb = regs.backbone.build(a.backbone, {"device": "cpu", "batch_size": a.batch})
+    bb = regs.backbone.build(a.backbone, {"device": a.device, "batch_size": a.batch})
     imgs = [np.random.default_rng(i).integers(0, 256, (*bb.input_size, 3), dtype=np.uint8) for i in range(a.batch)]
     bb.embed(imgs[:2])
     t = time.perf_counter()

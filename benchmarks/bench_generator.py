@@ -10,6 +10,7 @@
   vs cached (read back).
 
     .venv/bin/python benchmarks/bench_generator.py [--steps 3] [--batch 8] [--photos 64] [--device cpu]
+        [--mixed-precision bf16] [--cases default:112] [--sample-images 256 --sample-steps 20]
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import tempfile
 import time
 
 
-def train_case(preset: str, size: int, steps: int, batch: int, device: str) -> dict:
+def train_case(preset: str, size: int, steps: int, batch: int, device: str, precision: str = "no",
+               sample_images: int = 0, sample_steps: int = 20, guidance: dict | None = None) -> dict:
     import resource
 
     import numpy as np
@@ -36,24 +38,48 @@ def train_case(preset: str, size: int, steps: int, batch: int, device: str) -> d
         def __init__(self, name, n, d, role):
             self.name, self.num_tokens, self.dim, self.role, self.identity = name, n, d, role, name
 
-    cfg = DiffusionConfig(preset=preset, sample_size=size, device=device,
+    cfg = DiffusionConfig(preset=preset, sample_size=size, device=device, mixed_precision=precision,
                           conditioners=[{"name": "dlib_id"}, {"name": "clip_text"}])
     gen = DiffusionGenerator(cfg, conditioners=[Stand("dlib_id", 1, 128, "identity"), Stand("clip_text", 1, 512, "style")])
     get_registries()
-    n = max(batch * 2, 16)
+    n = max(batch * 2, 16, sample_images)
     rng = np.random.default_rng(0)
     sk = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     tok = [rng.standard_normal((n, 1, 128)).astype(np.float32), rng.standard_normal((n, 1, 512)).astype(np.float32)]
     with tempfile.TemporaryDirectory() as tmp:
+        # fit writes a checkpoint at its end: timed on its own, not as part of the steps
+        save, ck = gen._save_checkpoint, {}
+
+        def timed_save(*a, **kw):
+            t = time.perf_counter()
+            r = save(*a, **kw)
+            ck["s"] = time.perf_counter() - t
+            return r
+
+        gen._save_checkpoint = timed_save
         gen.fit(sk, tok, out=tmp, steps=1, batch_size=batch, checkpoint_every=0, progress=False)  # warm-up
         t0 = time.perf_counter()
         gen.fit(sk, tok, out=tmp, steps=steps, batch_size=batch, checkpoint_every=0, progress=False)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0 - ck["s"]
+    sampled = {}
+    if sample_images:  # DPM-Solver++ with compositional guidance, as `c4s generate` runs it
+        from c4s_core.config import ComponentSpec
+
+        spec = ComponentSpec(name="dpmsolver++", options={"steps": sample_steps})
+        kw = dict(sampler=spec, guidance=guidance, batch_size=min(sample_images, 256))
+        gen.sample(list(sk[:2]), None, tokens=[t[:2] for t in tok], **kw)  # warm-up
+        t1 = time.perf_counter()
+        gen.sample(list(sk[:sample_images]), None, tokens=[t[:sample_images] for t in tok], **kw)
+        ds = time.perf_counter() - t1
+        sampled = {"sample_images": sample_images, "sample_steps": sample_steps, "guidance": guidance or {},
+                   "sample_images_per_s": round(sample_images / ds, 2)}
     rec = {"preset": preset, "size": size, "batch": batch, "steps": steps, "device": str(gen.device),
+           "mixed_precision": precision,
            "params_m": round(sum(p.numel() for p in gen.model.parameters()) / 1e6, 3),
            "steps_per_s": round(steps / dt, 4), "images_per_s": round(steps * batch / dt, 2),
+           "checkpoint_s": round(ck["s"], 3), **sampled,
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.startswith("cuda"):
         rec["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -97,18 +123,26 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--photos", type=int, default=64)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    ap.add_argument("--sample-images", type=int, default=0, help="also time sampling this many images (0: no)")
+    ap.add_argument("--sample-steps", type=int, default=20)
+    ap.add_argument("--guidance", default="identity=2,style=2", help="role=scale,...; empty: plain conditional")
     ap.add_argument("--cases", default="tiny:64,tiny:112,default:64,default:112")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         preset, size = args.one.split(":")
-        print(json.dumps(train_case(preset, int(size), args.steps, args.batch, args.device)))
+        guidance = {k: float(v) for k, v in (kv.split("=") for kv in args.guidance.split(",") if kv)}
+        print(json.dumps(train_case(preset, int(size), args.steps, args.batch, args.device, args.mixed_precision,
+                                    args.sample_images, args.sample_steps, guidance)))
         return
     train = []
     for case in args.cases.split(","):
         res = subprocess.run(
             [sys.executable, __file__, "--one", case, "--steps", str(args.steps), "--batch", str(args.batch),
-             "--device", args.device],
+             "--device", args.device, "--mixed-precision", args.mixed_precision,
+             "--sample-images", str(args.sample_images), "--sample-steps", str(args.sample_steps),
+             "--guidance", args.guidance],
             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
         lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]

@@ -60,9 +60,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"sample_size": 64, "block_out_channels": [32, 64, 128], "layers_per_block": 1,
               "attention_levels": [False, True, True], "cross_attention_dim": 128, "attention_head_dim": 32,
               "norm_num_groups": 16},
-    # the paper's setting: 112 px aligned faces (DCFace-like UNet, smaller)
+    # the paper's setting: 112 px aligned faces (DCFace-like UNet, smaller). Attention at
+    # 28 and 14 px only: at 56 px (3,136 tokens) it took 40 GB and half the step time on
+    # an H200 at batch 64 (benchmarks/gpu.sh)
     "default": {"sample_size": 112, "block_out_channels": [64, 128, 192, 256], "layers_per_block": 2,
-                "attention_levels": [False, True, True, True], "cross_attention_dim": 256,
+                "attention_levels": [False, False, True, True], "cross_attention_dim": 256,
                 "attention_head_dim": 32, "norm_num_groups": 32},
 }
 
