@@ -134,6 +134,49 @@ def test_resume_skips_finished_stages(finished):
     assert res2["metrics"] == res["metrics"]
 
 
+def test_a_copied_experiment_reruns_only_what_changed(finished, tmp_path):
+    """An ablation: copy a finished experiment but the stages that the change
+    touches (the mixed arms' matchers and their evaluations), change the real
+    share, resume: data, generators, generated sets, real-only and the
+    baselines are reused."""
+    import shutil
+
+    cfg, res = finished
+    copy = tmp_path / "share50"
+    mixed = re.compile(r"0[45]-(matcher|evaluate)-(diffusion|gan|procedural)")
+    shutil.copytree(res["out"], copy, ignore=lambda d, names: [n for n in names if mixed.match(n)])
+    gen = copy / "02-generator-diffusion" / "generator" / "model.safetensors"
+    before = gen.stat().st_mtime_ns
+    matcher = cfg.matcher.model_copy(update={"real_share": 0.5})
+    res2 = ex.run(cfg.model_copy(update={"out": copy, "matcher": matcher, "resume": True}), progress=False)
+    skipped = set(res2["skipped_stages"])
+    assert {"02-generator-diffusion", "02-generator-gan", "03-generated-diffusion", "04-matcher-real",
+            "05-evaluate-hog-aligned", "05-evaluate-real-perturbed"} <= skipped
+    assert not any(s.startswith(("04-matcher-gan", "05-evaluate-gan")) for s in skipped)
+    assert gen.stat().st_mtime_ns == before
+    assert res2["budget"]["arms"]["gan"]["real_images"] == res2["budget"]["images_per_epoch"] // 2
+    assert res2["metrics"]["real"] == res["metrics"]["real"] and res2["metrics"]["hog"] == res["metrics"]["hog"]
+    # the original is untouched, and a stage finished with other settings still refuses
+    assert json.loads((Path(res["out"]) / "budget.json").read_text()) == res["budget"]
+    with pytest.raises(ConfigError, match="finished with other settings"):
+        ex.run(cfg.model_copy(update={"out": copy, "resume": True}), progress=False)
+
+
+def test_stage_json_written_before_relative_hashing_is_upgraded(finished, tmp_path):
+    cfg, res = finished
+    out = Path(res["out"])
+    marker = out / "04-matcher-real" / "stage.json"
+    tm = ex._matcher_config(cfg, "real", res["data"]["train"], None, res["budget"]["arms"]["real"]["ratios"],
+                            out / "04-matcher-real")
+    old = ex._stage_hash(tm)
+    assert old != ex._stage_hash(tm, out)
+    rec = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**rec, "config_hash": old}))
+    res2 = ex.run(cfg.model_copy(update={"resume": True}), progress=False)
+    assert "04-matcher-real" in res2["skipped_stages"]
+    assert json.loads(marker.read_text())["config_hash"] == ex._stage_hash(tm, out)
+
+
 def test_test_fraction_carves_a_disjoint_split(tmp_path):
     from c4s_core.data.manifest import read_manifest
 

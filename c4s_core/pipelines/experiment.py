@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -310,11 +311,20 @@ def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path):
     )
 
 
-def _stage_hash(stage_cfg) -> str:
+def _stage_hash(stage_cfg, out: Path | None = None) -> str:
+    """Hash of a stage's settings. Paths inside the experiment folder ``out`` are
+    hashed relative to it, so a copied or moved experiment resumes there: copy a
+    finished one, change the matcher settings, and only the matcher and
+    evaluation stages run again. ``out=None``: the raw settings (stage.json
+    files written before relative hashing; upgraded when they match)."""
     import hashlib
 
     data = json.loads(stage_cfg.model_dump_json(exclude={"resume", "stop_after"}))
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    text = json.dumps(data, sort_keys=True, default=str)
+    if out is not None:  # the absolute form first: the relative one is a substring of it
+        for root in dict.fromkeys((str(out.resolve()), str(out))):
+            text = re.sub(re.escape(root) + r"(?=[/\\\"]|$)", "<out>", text)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -506,10 +516,13 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     def stage(name: str, folder: Path, stage_cfg, runner, resumable=None):
         """Run one stage, or skip it when its stage.json says it finished with this config."""
         count[0] += 1
-        h = _stage_hash(stage_cfg)
+        h = _stage_hash(stage_cfg, out)
         marker = folder / "stage.json"
         if marker.is_file():
             done = json.loads(marker.read_text())
+            if done.get("config_hash") == _stage_hash(stage_cfg):  # written before relative hashing
+                done["config_hash"] = h
+                write_json(marker, done)
             if done.get("config_hash") != h:
                 raise ConfigError(f"{folder} holds stage {name!r} finished with other settings; delete that folder "
                                   "or use another --out")
