@@ -15,7 +15,11 @@ generator drops and guides it under).
   ``sketch_style`` name, resolved to its prompts, or raw text);
 - ``adaface_id``: an IR backbone (``ir_50``...) with AdaFace weights or a c4s
   matcher checkpoint: the normalised 512-d embedding, optionally plus the 7x7
-  feature map as 49 tokens.
+  feature map as 49 tokens;
+- ``photo_patches``: the aligned photo itself, small and grey, as a grid of
+  pixel patches with their 2-D positions: no weights at all. Where no
+  pretrained CLIP exists it stands in for CLIP's patch tokens (the appearance
+  the generator may copy); a random tower's tokens carry little of it.
 
 Nothing downloads: ``pretrained`` is none (random towers from a fixed seed), an
 open_clip tag already in the local cache, or a weights file. torch and open_clip
@@ -427,6 +431,56 @@ class AdaFaceIdConditioner:
             return torch.cat([emb, fmap.flatten(2).transpose(1, 2)], 1).cpu()
 
 
+class PhotoPatchesConfig(ComponentConfig):
+    size: int = Field(32, ge=8, le=256, description="Side the photo is resized to (grey, area-averaged).")
+    patch: int = Field(4, ge=1, le=64, description="Patch side in pixels: (size / patch)^2 tokens.")
+    freqs: int = Field(4, ge=1, le=32, description="Sine/cosine frequencies per axis in each token's position code.")
+
+    @field_validator("patch")
+    @classmethod
+    def _divides(cls, v, info):
+        size = info.data.get("size")
+        if size is not None and size % v:
+            raise ValueError(f"patch={v} must divide size={size}")
+        return v
+
+
+class PhotoPatchesConditioner:
+    """The reference photo as tokens: grey ``patch x patch`` pixel blocks of the
+    photo resized to ``size``, each followed by a sine/cosine code of its row and
+    column, so cross-attention can find what lies where."""
+
+    name = "photo_patches"
+    Config = PhotoPatchesConfig
+    uses = "photo"
+    role = "appearance"
+
+    def __init__(self, config: PhotoPatchesConfig):
+        self.config = config
+        g = config.size // config.patch
+        self.num_tokens = g * g
+        self.dim = config.patch * config.patch + 4 * config.freqs
+        ys, xs = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+        f = np.pi * 2.0 ** np.arange(config.freqs) / g
+        ang = np.concatenate([ys.reshape(-1, 1) * f, xs.reshape(-1, 1) * f], 1)  # [tokens, 2 * freqs]
+        self._pos = np.concatenate([np.sin(ang), np.cos(ang)], 1).astype(np.float32)
+        self.identity = _identity_string(self.name, config, "none")
+
+    def encode(self, photos, styles=None):
+        """``[B, (size/patch)^2, patch^2 + 4 * freqs]``: pixels in [-1, 1] then the position code."""
+        import torch
+        from PIL import Image
+
+        c, g = self.config, self.config.size // self.config.patch
+        out = np.zeros((len(photos), self.num_tokens, self.dim), np.float32)
+        for i, p in enumerate(_check_photos(photos, "conditioner 'photo_patches'")):
+            grey = np.asarray(Image.fromarray(_square(p)).convert("L").resize((c.size, c.size), Image.BOX), np.float32)
+            blocks = grey.reshape(g, c.patch, g, c.patch).transpose(0, 2, 1, 3).reshape(g * g, -1)
+            out[i, :, : c.patch * c.patch] = blocks / 127.5 - 1.0
+            out[i, :, c.patch * c.patch:] = self._pos
+        return torch.from_numpy(out)
+
+
 def _matcher_backbone_state(path: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -443,3 +497,4 @@ def register_conditioners(register):
     register(ClipImageConditioner)
     register(ClipTextConditioner)
     register(AdaFaceIdConditioner)
+    register(PhotoPatchesConditioner)

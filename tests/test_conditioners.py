@@ -1,4 +1,4 @@
-"""Conditioners (clip_image, clip_text, adaface_id) and the embedding cache."""
+"""Conditioners (clip_image, clip_text, adaface_id, photo_patches) and the embedding cache."""
 
 from __future__ import annotations
 
@@ -148,3 +148,41 @@ def test_adaface_id_rejects_mismatched_weights(ir50, tmp_path):
 def test_adaface_id_unknown_backbone_is_a_clear_error():
     with pytest.raises(ConfigError, match="not registered"):
         build("adaface_id", backbone="no_such_ir")
+
+
+def test_photo_patches_carry_the_photo_and_where_each_patch_lies():
+    from PIL import Image
+
+    c = build("photo_patches", size=16, patch=4, freqs=3)
+    assert (c.num_tokens, c.dim, c.role, c.uses) == (16, 16 + 12, "appearance", "photo")
+    ph = photos(2, shape=(48, 48, 3))
+    t = c.encode(ph).numpy()
+    assert t.shape == (2, 16, 28) and t.dtype == np.float32
+    # the pixel part reassembles the small grey photo exactly
+    grey = np.asarray(Image.fromarray(ph[1]).convert("L").resize((16, 16), Image.BOX), np.float32) / 127.5 - 1
+    img = t[1, :, :16].reshape(4, 4, 4, 4).transpose(0, 2, 1, 3).reshape(16, 16)
+    np.testing.assert_allclose(img, grey, atol=1e-6)
+    # position codes: the same for every photo, distinct for every token
+    np.testing.assert_array_equal(t[0, :, 16:], t[1, :, 16:])
+    assert len({tuple(np.round(r, 5)) for r in t[0, :, 16:]}) == 16
+    # different photos, different tokens; the cache key follows the options
+    assert not np.allclose(t[0, :, :16], t[1, :, :16])
+    assert c.identity != build("photo_patches", size=16, patch=2).identity
+    with pytest.raises(ConfigError, match="patch=5 must divide size=16"):
+        build("photo_patches", size=16, patch=5)
+    with pytest.raises(DataError, match="photo #0 must be uint8"):
+        c.encode([np.zeros((8, 8), np.uint8)])
+
+
+def test_photo_patches_condition_a_generator_and_its_guidance_role():
+    gen = get_registries().generator.build("diffusion", {
+        "preset": "tiny", "device": "cpu", "block_out_channels": [8, 16], "norm_num_groups": 4,
+        "cross_attention_dim": 16,
+        "conditioners": [{"name": "photo_patches", "options": {"size": 16, "patch": 4}},
+                         {"name": "clip_text", "options": {"model_config": TINY_CLIP}}]})
+    from c4s_core.config import ComponentSpec
+
+    ph, ddim = photos(2, shape=(32, 32, 3)), ComponentSpec(name="ddim", options={"steps": 3})
+    a = gen.sample(ph, ["pencil", "pencil"], sampler=ddim, guidance={"appearance": 2.0}, seed=0)
+    b = gen.sample(ph, ["pencil", "pencil"], sampler=ddim, guidance={"appearance": 2.0}, seed=0)
+    assert a.shape == (2, 32, 32, 3) and np.array_equal(a, b)
