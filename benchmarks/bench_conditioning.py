@@ -13,8 +13,8 @@ photos the generator never saw, whether those conditions steer the samples:
   own accuracy on held-out real sketches is reported beside it.
 - **identity**: dlib ResNet cosine similarity of each generated sketch to its own
   reference photo (genuine) and to another identity's (impostor), with the
-  identity condition kept vs dropped. The gap genuine - impostor is what a
-  matcher can learn from.
+  identity (and appearance, e.g. ``photo_patches``) conditions kept vs dropped.
+  The gap genuine - impostor is what a matcher can learn from.
 
     python benchmarks/bench_conditioning.py --generator OUT/02-generator-diffusion/generator \\
         --refs OUT/01-data/aligned-new-identities/manifest.jsonl --real OUT/01-data/train.jsonl \\
@@ -108,11 +108,13 @@ def main():
     bb = get_registries().backbone.build("dlib_resnet", {"cnn_fallback": False})  # whole image if no face found
     ref_emb = np.asarray(bb.embed([resize(p, tuple(bb.input_size)) for p in photos]), np.float32)
     roles = set(gen.roles.values()) if isinstance(gen.roles, dict) else set(gen.roles)
+    # guidance {role: 0} samples with that role's null tokens and every other condition kept
     variants = {"all conditions": {}}
-    if "style" in roles:
-        variants["style dropped"] = {"identity": 1.0, "style": 0.0}
-    if "identity" in roles:
-        variants["identity dropped"] = {"identity": 0.0, "style": 1.0}
+    for r in ("style", "identity", "appearance"):
+        if r in roles:
+            variants[f"{r} dropped"] = {r: 0.0}
+    if {"identity", "appearance"} <= roles:
+        variants["identity and appearance dropped"] = {"identity": 0.0, "appearance": 0.0}
     out = {}
     for name, guidance in variants.items():
         t = time.time()
