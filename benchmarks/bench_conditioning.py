@@ -14,7 +14,10 @@ photos the generator never saw, whether those conditions steer the samples:
 - **identity**: dlib ResNet cosine similarity of each generated sketch to its own
   reference photo (genuine) and to another identity's (impostor), with the
   identity (and appearance, e.g. ``photo_patches``) conditions kept vs dropped.
-  The gap genuine - impostor is what a matcher can learn from.
+  The gap genuine - impostor is what a matcher can learn from. A lower bar,
+  ``layout_gap``: the correlation of each sketch's 12x12 grey thumbnail with its
+  own photo's minus with another's (does the sketch follow the photo's
+  light/dark layout at all?).
 
     python benchmarks/bench_conditioning.py --generator OUT/02-generator-diffusion/generator \\
         --refs OUT/01-data/aligned-new-identities/manifest.jsonl --real OUT/01-data/train.jsonl \\
@@ -40,6 +43,16 @@ def stroke_features(images: np.ndarray) -> np.ndarray:
         hm = np.histogram(m, 8, (0, 0.5))[0] / m.size
         feats.append(np.concatenate([h, hm, [(a < 0.5).mean()]]))
     return np.asarray(feats, np.float32)
+
+
+def layout(images) -> np.ndarray:
+    """Per image: the 12x12 grey thumbnail, centred and unit-norm (dot product = Pearson correlation)."""
+    from PIL import Image
+
+    t = np.stack([np.asarray(Image.fromarray(np.asarray(im)[..., :3]).convert("L").resize((12, 12), Image.BOX),
+                             np.float32).ravel() for im in images])
+    t -= t.mean(1, keepdims=True)
+    return t / (np.linalg.norm(t, axis=1, keepdims=True) + 1e-6)
 
 
 class NearestCentroid:
@@ -107,6 +120,7 @@ def main():
     sampler = get_registries().sampler.build("dpmsolver++", {"steps": a.steps})
     bb = get_registries().backbone.build("dlib_resnet", {"cnn_fallback": False})  # whole image if no face found
     ref_emb = np.asarray(bb.embed([resize(p, tuple(bb.input_size)) for p in photos]), np.float32)
+    ref_lay = layout(photos)
     roles = set(gen.roles.values()) if isinstance(gen.roles, dict) else set(gen.roles)
     # guidance {role: 0} samples with that role's null tokens and every other condition kept
     variants = {"all conditions": {}}
@@ -127,10 +141,15 @@ def main():
         genuine = (e * r).sum(1)
         impostor = (e * np.roll(r, 1, axis=0)).sum(1)
         rank1 = float(np.mean((e @ r.T).argmax(1) == np.arange(len(r))))
+        # a lower bar than identity: does the sketch follow the photo's light/dark layout?
+        sl = layout(imgs)
+        lay_gen, lay_imp = (sl * ref_lay).sum(1), (sl * np.roll(ref_lay, 1, axis=0)).sum(1)
         out[name] = {"style_accuracy": round(acc, 3), "id_genuine": round(float(genuine.mean()), 4),
                      "id_impostor": round(float(impostor.mean()), 4),
                      "id_gap": round(float(genuine.mean() - impostor.mean()), 4),
-                     "id_rank1_among_refs": round(rank1, 3), "seconds": round(time.time() - t, 1)}
+                     "id_rank1_among_refs": round(rank1, 3), "layout_genuine": round(float(lay_gen.mean()), 4),
+                     "layout_gap": round(float(lay_gen.mean() - lay_imp.mean()), 4),
+                     "seconds": round(time.time() - t, 1)}
     print(json.dumps({"benchmark": "conditioning", "generator": a.generator, "identities": len(photos),
                       "styles": a.styles, "chance_style": round(1 / len(a.styles), 3),
                       "chance_rank1": round(1 / len(photos), 3), "style_classifier_real_accuracy": round(real_acc, 3),
