@@ -16,6 +16,13 @@ setup() {
   want=$(sha256sum pyproject.toml | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
   echo "c4s: setting up $VENV (first run takes a few minutes)" >&2
+  # torch's CUDA wheels make the venv about 7 GB; a full disk otherwise shows up
+  # only as pip's "[Errno 28] No space left on device" deep in its output
+  local free_gb
+  free_gb=$(df -Pk . | awk 'NR == 2 {print int($4 / 1048576)}')
+  if [ "${free_gb:-99}" -lt 8 ]; then
+    echo "c4s: warning: only ${free_gb} GB free on $(df -P . | awk 'NR == 2 {print $6}'); the venv needs about 7 GB" >&2
+  fi
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
   # torch and torchvision are pinned together in pyproject.toml, so this one
