@@ -520,7 +520,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         marker = folder / "stage.json"
         if marker.is_file():
             done = json.loads(marker.read_text())
-            if done.get("config_hash") == _stage_hash(stage_cfg):  # written before relative hashing
+            old = done.get("config_hash")
+            if old != h and old == _stage_hash(stage_cfg):  # written before relative hashing
                 done["config_hash"] = h
                 write_json(marker, done)
             if done.get("config_hash") != h:
