@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -115,11 +116,21 @@ def describe(kind, name):
         click.echo(f"aliases: {', '.join(e.aliases)}")
     schema = e.config_cls.model_json_schema()
     props = schema.get("properties", {})
+    fields = e.config_cls.model_fields
     click.echo("options:" if props else "options: none")
     for key, p in props.items():
         typ = p.get("type") or "|".join(x.get("type", "?") for x in p.get("anyOf", [])) or "object"
-        default = p.get("default", "(required)")
-        click.echo(f"  {key} ({typ}, default {json.dumps(default)}): {p.get('description', '')}")
+        field = fields.get(key) or next((f for f in fields.values() if f.alias == key), None)
+        if field is not None and field.is_required():
+            shown = "required"
+        elif field is not None:  # the schema leaves out defaults made by a default_factory
+            from pydantic import TypeAdapter
+
+            value = field.get_default(call_default_factory=True)
+            shown = "default " + json.dumps(TypeAdapter(Any).dump_python(value, mode="json"))
+        else:
+            shown = "default " + json.dumps(p.get("default"))
+        click.echo(f"  {key} ({typ}, {shown}): {p.get('description', '')}")
 
 
 @cli.group()
@@ -162,9 +173,13 @@ def _pipeline_command(name: str, module: str) -> click.Command:
         sets = list(sets) + ([f"out={out}"] if out else [])
         sets += ["resume=true"] if resume else []
         sets += [f"shard={shard}"] if shard else []
+        from .pipelines.common import keep_records
+
         cfg = load_config(mod.Config, config_file, sets)
         _registries()
-        summary = mod.run(cfg, progress=not no_progress)
+        # under torchrun only rank 0 writes records, so only it puts them back
+        with keep_records(getattr(cfg, "out", None) if os.environ.get("RANK", "0") == "0" else None):
+            summary = mod.run(cfg, progress=not no_progress)
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
             click.echo(json.dumps(summary, indent=2, default=str))
 

@@ -7,6 +7,7 @@ Pipeline configs load from YAML or TOML plus ``key.sub=value`` overrides.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,7 +47,9 @@ class ComponentSpec(C4SModel):
     )
 
 
-def format_validation_error(err: ValidationError, where: str) -> str:
+def format_validation_error(err: ValidationError, where: str,
+                            source: Callable[[tuple], str | None] | None = None) -> str:
+    """One line per bad field; ``source(loc)`` may say where its value came from."""
     lines = [f"invalid {where}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(root)"
@@ -55,15 +58,37 @@ def format_validation_error(err: ValidationError, where: str) -> str:
             msg = "unknown field"
         inp = e.get("input")
         shown = "" if isinstance(inp, dict) or e["type"] == "missing" else f" (got {inp!r})"
-        lines.append(f"  {loc}: {msg}{shown}")
+        origin = source(tuple(e["loc"])) if source else None
+        lines.append(f"  {loc}: {msg}{shown}" + (f" [from {origin}]" if origin else ""))
     return "\n".join(lines)
 
 
-def validate(model: type[M], data: Any, where: str) -> M:
+def validate(model: type[M], data: Any, where: str,
+             source: Callable[[tuple], str | None] | None = None) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, where)) from None
+        raise ConfigError(format_validation_error(err, where, source)) from None
+
+
+def _has(data: Any, loc: tuple) -> bool:
+    """Whether ``data`` (nested dicts and lists) sets the field at ``loc`` or a section above it."""
+    for i, part in enumerate(loc):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return i > 0 and not isinstance(data, (dict, list))
+    return True
+
+
+def _config_name(model: type) -> str:
+    """``train-matcher config`` for a pipeline's Config, else the class name."""
+    mod = model.__module__
+    if model.__name__ == "Config" and ".pipelines." in mod:
+        return mod.rsplit(".", 1)[-1].replace("_", "-") + " config"
+    return model.__name__
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -137,14 +162,21 @@ def load_config(
         data: dict[str, Any] = json.loads(model().model_dump_json())
     except ValidationError:  # the model has required fields
         data = {}
-    where = model.__name__
-    if path is not None:
-        data = deep_merge(data, read_config_file(path))
-        where = f"config {path}"
-    if overrides:
-        data = deep_merge(data, parse_overrides(overrides))
-        where += " with --set overrides" if path else " (--set overrides)"
-    return validate(model, data, where)
+    file_data = read_config_file(path) if path is not None else {}
+    set_data = parse_overrides(overrides) if overrides else {}
+    data = deep_merge(deep_merge(data, file_data), set_data)
+
+    def source(loc: tuple) -> str | None:  # --set wins over the file, as in the merge
+        for pair in overrides:
+            key = tuple(pair.split("=", 1)[0].strip().split("."))
+            if loc[:len(key)] == key or key[:len(loc)] == loc:
+                return f"--set {pair}"
+        if path is not None and _has(file_data, loc):
+            return f"config file {path}"
+        return None
+
+    where = _config_name(model) + (f" (file {path})" if path is not None else "")
+    return validate(model, data, where, source)
 
 
 def dump_config(cfg: BaseModel, fmt: str = "yaml") -> str:
@@ -168,9 +200,9 @@ def _to_toml(data: dict[str, Any], prefix: str = "") -> str:
             return json.dumps(v)
         if isinstance(v, list):
             return "[" + ", ".join(val(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{json.dumps(k)} = {val(x)}" for k, x in v.items()) + "}"
-        raise ConfigError(f"cannot write {v!r} as TOML")
+        if isinstance(v, dict):  # a None leaves the key out, as below
+            return "{" + ", ".join(f"{json.dumps(k)} = {val(x)}" for k, x in v.items() if x is not None) + "}"
+        raise ConfigError(f"cannot write {v!r} as TOML (TOML has no null; in a list, give a value)")
 
     lines, tables = [], []
     for k, v in data.items():

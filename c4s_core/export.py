@@ -331,6 +331,9 @@ def _temp_beside(path: Path, suffix: str = ".onnx") -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
+    from .data.io import _UMASK
+
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the model gets the mode other outputs get
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -398,6 +401,15 @@ def _torch_export(module, example, tmp: Path, opset: int, exporter: str) -> None
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **names)
 
 
+def _name_output_axes(proto, meta: ExportMeta) -> None:
+    """Output shape ``[batch, embedding_dim]``: the exporters leave the second
+    axis symbolic (``Divembeddings_dim_1``), which tells a deployer nothing."""
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) == 2:
+        dims[0].dim_param = "batch"
+        dims[1].dim_value = int(meta.embedding_dim)
+
+
 def _check_graph(tmp: Path, meta: ExportMeta, where: str) -> Any:
     """onnx.checker, input/output names, dtype and a symbolic batch axis."""
     import onnx
@@ -418,6 +430,11 @@ def _check_graph(tmp: Path, meta: ExportMeta, where: str) -> Any:
     if len(dims) != 4 or not dims[0].dim_param or dims[0].HasField("dim_value"):
         raise ExportError(f"{where}: input {INPUT_NAME!r} has no symbolic batch axis ({dims}); "
                           "the exporter must declare dim 0 dynamic")
+    out = [d.dim_value if d.HasField("dim_value") else d.dim_param
+           for d in proto.graph.output[0].type.tensor_type.shape.dim]
+    if out != ["batch", int(meta.embedding_dim)]:
+        raise ExportError(f"{where}: output {OUTPUT_NAME!r} has shape {out}, expected "
+                          f"['batch', {meta.embedding_dim}]")
     return proto
 
 
@@ -496,6 +513,7 @@ def _export_checked(model, meta: ExportMeta, path: Path, images: np.ndarray, ops
                               f"{type(err).__name__}: {err}") from None
         proto = onnx.load(str(tmp))
         write_metadata(proto, _meta_props(meta, opset, "fp32"))
+        _name_output_axes(proto, meta)
         onnx.save(proto, str(tmp))
         _check_graph(tmp, meta, str(path))
         sess = _session(tmp, threads)
@@ -516,11 +534,9 @@ def _export_checked(model, meta: ExportMeta, path: Path, images: np.ndarray, ops
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .data.io import file_hash
+
+    return file_hash(path, 64)
 
 
 # -- lighter variants ------------------------------------------------------------------
@@ -544,6 +560,7 @@ def _derive(src: Path, dst: Path, precision: str, convert: Callable[[Path, Path]
             convert(src, tmp)
         proto = onnx.load(str(tmp))
         write_metadata(proto, _meta_props(meta, int(meta_src.get("opset", MIN_OPSET)), precision))
+        _name_output_axes(proto, meta)
         onnx.save(proto, str(tmp))
         _check_graph(tmp, meta, str(dst))
         _check_batches(_session(tmp), meta, check_batches, str(dst))

@@ -36,12 +36,14 @@ __all__ = [
     "load_state",
     "save_weights",
     "load_weights",
+    "canonical_safetensors",
     "lr_at",
 ]
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
 _INTKEYS = "__intkeys__"
+_STATE_FORMAT = "c4s_state"  # marks a state JSON that records its tensors' hash
 
 
 def seed_everything(seed: int) -> None:
@@ -147,13 +149,18 @@ def save_state(folder: str | Path, name: str, state: Any) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, skeleton = flatten_state(state)
-    atomic_write_bytes(folder / f"{name}.safetensors", save(tensors))
-    atomic_write_bytes(folder / f"{name}.json", json.dumps(skeleton, indent=1).encode())
+    data = canonical_safetensors(save(tensors))
+    atomic_write_bytes(folder / f"{name}.safetensors", data)
+    # the JSON records the tensors' hash, so a damaged state is refused on load
+    doc = {_STATE_FORMAT: 1, "safetensors_sha256": hashlib.sha256(data).hexdigest(), "state": skeleton}
+    atomic_write_bytes(folder / f"{name}.json", json.dumps(doc, indent=1).encode())
 
 
 def load_state(folder: str | Path, name: str) -> Any:
     """Read what :func:`save_state` wrote; a missing or broken file is a DataError."""
     from safetensors.torch import load_file
+
+    from .data.io import file_hash
 
     folder = Path(folder)
     js, st = folder / f"{name}.json", folder / f"{name}.safetensors"
@@ -161,10 +168,22 @@ def load_state(folder: str | Path, name: str) -> Any:
         if not p.is_file():
             raise DataError(f"training state {p} not found (was the run stopped while saving?)")
     try:
-        skeleton = json.loads(js.read_text(encoding="utf-8"))
-        tensors = load_file(str(st))
-        return unflatten_state(skeleton, tensors)
-    except (ValueError, KeyError, OSError) as err:
+        doc = json.loads(js.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise DataError(f"training state {js} is unreadable: {err}") from None
+    skeleton = doc
+    if isinstance(doc, dict) and _STATE_FORMAT in doc:
+        skeleton = doc.get("state")
+        want, got = doc.get("safetensors_sha256"), file_hash(st, 64)
+        if got != want:
+            raise DataError(
+                f"{st}: content hash {got[:16]}... does not match {js.name} ({str(want)[:16]}...): "
+                "the training state was changed or damaged after it was written; refusing to resume from it"
+            )
+    # states from before the hash was recorded load unchecked
+    try:
+        return unflatten_state(skeleton, load_file(str(st)))
+    except Exception as err:  # safetensors raises its own error types
         raise DataError(f"training state in {folder} ({name}.json/.safetensors) is unreadable: {err}") from None
 
 
@@ -175,9 +194,26 @@ def save_weights(path: str | Path, state_dict: Mapping[str, Any], metadata: Mapp
     from .data.io import atomic_write_bytes
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    data = save(tensors, metadata=dict(metadata) if metadata else None)
+    data = canonical_safetensors(save(tensors, metadata=dict(metadata) if metadata else None))
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header written in one fixed order.
+
+    safetensors serialises ``__metadata__`` from a hash map whose order changes
+    from process to process, so equal tensors gave files (and hashes) that
+    differed; sorted keys make the bytes a function of the content. The tensor
+    offsets are untouched: only the header text is rewritten, padded with
+    spaces to a multiple of 8 bytes as the format asks.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
 
 
 def load_weights(path: str | Path) -> dict[str, Any]:

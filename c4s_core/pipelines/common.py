@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,71 @@ def prepare_out(out: Path) -> Path:
     except OSError as err:
         raise DataError(f"cannot write to output folder {out}: {err.strerror or err}") from None
     return out
+
+
+RECORDS = ("config.yaml", "run.json")  # what save_run_config writes
+
+
+@contextmanager
+def keep_records(out: str | os.PathLike | None) -> Iterator[None]:
+    """A run that fails leaves an earlier run in ``out`` as it was.
+
+    save_run_config writes a run's records first, so a run that then fails
+    (bad input, a refused resume, Ctrl-C) would leave the earlier run's report
+    and plots under the failed run's config. On failure the earlier records
+    are put back; a run that wrote nothing but its records takes them away
+    again, and a folder it created and left empty goes too. A failed run that
+    wrote more (checkpoints to resume) keeps its records: they describe it.
+    """
+    if out is None:
+        yield
+        return
+    out = Path(out)
+    existed = out.is_dir()
+    old = {n: (out / n).read_bytes() for n in RECORDS if existed and (out / n).is_file()}
+    files = _files(out) if existed and not old else {}
+    try:
+        yield
+    except BaseException:
+        try:
+            _put_back(out, old, existed, files)
+        except OSError:
+            pass  # the run's own error matters more than a failed restore
+        raise
+
+
+def _files(out: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``out`` (records aside) with its mtime and size."""
+    found = {}
+    for root, _dirs, names in os.walk(out):
+        for f in names:
+            path = os.path.join(root, f)
+            if not (Path(root) == out and f in RECORDS):
+                st = os.stat(path)
+                found[path] = (st.st_mtime_ns, st.st_size)
+    return found
+
+
+def _put_back(out: Path, old: dict[str, bytes], existed: bool, files: dict[str, tuple[int, int]]) -> None:
+    from ..data.io import atomic_write_bytes
+
+    if not out.is_dir():
+        return
+    if old:
+        for n in RECORDS:
+            if n in old and (not (out / n).is_file() or (out / n).read_bytes() != old[n]):
+                atomic_write_bytes(out / n, old[n])
+            elif n not in old and (out / n).is_file():
+                (out / n).unlink()
+        return
+    if _files(out) == files:  # the run wrote nothing but its records
+        for n in RECORDS:
+            if (out / n).is_file():
+                (out / n).unlink()
+    if not existed:
+        for root, _dirs, _names in sorted(os.walk(out), key=lambda w: -len(w[0])):
+            if not os.listdir(root):
+                os.rmdir(root)  # only empty folders: never a file the run wrote
 
 
 def remove_partial_files(out: Path) -> int:

@@ -357,8 +357,9 @@ def _resume_state(config: Config, out: Path) -> dict[str, Any] | None:
     if config.resume:
         if not (last_dir / "state.json").is_file():
             raise DataError(f"--resume: no checkpoint in {last_dir} (state.json); run without --resume first")
-        state = load_state(last_dir, "state")
+        state = load_state(last_dir, "state")  # checks state.safetensors against its hash
         _check_resume(config, state["config"], out)
+        read_matcher(last_dir)  # checks model.safetensors against matcher.json, as any load does
         state["model"] = load_weights(last_dir / "model.safetensors")
         return state
     if (last_dir / "state.json").is_file():
