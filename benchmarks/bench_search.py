@@ -11,6 +11,14 @@ low here), and the share of queries whose source row's identity is rank 1.
     python benchmarks/bench_search.py --rows 1000000 --backends exact,bf16,faiss:IVF1024,Flat
 
 Issue 7's goal: <= 50 ms per query for 1M x 512 on 2 cores.
+
+Also the cost of verifying what is read (issue 16): per float32 gallery, open
+loaded (read + sha256 + parse) beside a plain ``np.load``, open memory-mapped
+(header and size only), the first use of the mapped rows (one sha256 pass)
+and a reopen in the same process (remembered: no hash). ``--open-only`` skips
+the search backends.
+
+    python benchmarks/bench_search.py --rows 100000 --open-only
 """
 
 from __future__ import annotations
@@ -94,6 +102,43 @@ def bench(rows: int, dim: int, backends: list[str], tmp: Path, reps: int, hnsw_m
     return out
 
 
+def bench_open(rows: int, dim: int, tmp: Path, reps: int) -> dict:
+    """Seconds to open a float32 gallery with and without the integrity checks (best of ``reps``)."""
+    import c4s_core.index as ix
+    from c4s_core.index import GalleryIndex
+
+    folder = tmp / f"open{rows}"
+    gi = GalleryIndex.create(folder, model_hash="bench", embedding_dim=dim)
+    emb = np.random.default_rng(0).standard_normal((rows, dim), dtype=np.float32)
+    gi.add([f"id{i:07d}" for i in range(rows)], emb)
+    del emb
+    t = time.perf_counter()
+    gi.save()
+    save_s = time.perf_counter() - t
+    del gi
+    emb_file = folder / json.loads((folder / "index.json").read_text())["embeddings_file"]
+
+    def best(fn) -> float:
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return round(min(ts), 4)
+
+    def first_use():
+        ix._VERIFIED.clear()
+        GalleryIndex.open(folder, mmap=True).verify(thumbnails=False)
+
+    GalleryIndex.open(folder)  # warm the page cache: measure hashing, not the disk
+    return {"rows": rows, "dim": dim, "bytes": emb_file.stat().st_size, "save_s": round(save_s, 3),
+            "np_load_s": best(lambda: np.load(emb_file)),
+            "open_loaded_verified_s": best(lambda: GalleryIndex.open(folder)),
+            "open_mmap_s": best(lambda: GalleryIndex.open(folder, mmap=True)),
+            "open_mmap_first_use_verified_s": best(first_use),
+            "reopen_mmap_verified_same_process_s": best(lambda: GalleryIndex.open(folder, mmap=True).verify(False))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="100000,1000000", help="gallery sizes, comma-separated")
@@ -101,6 +146,7 @@ def main() -> None:
     ap.add_argument("--backends", default=DEFAULT, help=f"comma-separated (default {DEFAULT})")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch, BLAS and FAISS threads")
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--open-only", action="store_true", help="only the open/verification timings")
     ap.add_argument("--hnsw-max", type=int, default=200_000, help="skip HNSW builds above this many rows (slow on CPU)")
     a = ap.parse_args()
     import torch
@@ -113,12 +159,14 @@ def main() -> None:
     except ImportError:
         pass
     backends = parse_backends(a.backends)
-    res = []
+    res, opens = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in a.rows.split(",")):
-            res += bench(n, a.dim, backends, Path(tmp), a.reps, a.hnsw_max)
+            opens.append(bench_open(n, a.dim, Path(tmp), max(1, min(a.reps, 3))))
+            if not a.open_only:
+                res += bench(n, a.dim, backends, Path(tmp), a.reps, a.hnsw_max)
     print(json.dumps({"bench": "search", "threads": a.threads, "cpu": platform.processor() or platform.machine(),
-                      "goal_ms_per_query_1M": 50, "results": res}, indent=2))
+                      "goal_ms_per_query_1M": 50, "open": opens, "results": res}, indent=2))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,31 @@ writes one before the commit (content-addressed, so a crash leaves at most an
 orphan file), rows name it, :meth:`GalleryIndex.thumbnail_path` resolves a
 row's, and :meth:`GalleryIndex.save` removes the ones no row names.
 
+Integrity: what is verified when (a mismatch is an :class:`IndexError_` naming
+the file; nothing damaged is searched, shown or carried into a new generation):
+
+- every :meth:`GalleryIndex.open`: ``index.json`` (format, the fields it needs);
+  ``ids-<n>.json`` against its sha256 (it is read whole anyway: ~100 bytes a
+  row); the embeddings' ``.npy`` header (shape, dtype) against ``index.json`` and
+  the file's size against header + rows x dim x itemsize (truncation, appended
+  bytes). Thumbnails are not read.
+- the embeddings' sha256: loaded (``mmap=False``), hashed in memory as read,
+  before any use. Memory-mapped, hashed (streamed, one pass) the first time the
+  rows are used (search, add, remove, save, :meth:`GalleryIndex.verify`), so
+  ``c4s match info`` never reads them; a process remembers the files it verified
+  (path, inode, size, mtime), so reopening an unchanged file (``c4s serve``'s
+  reload, repeated opens) does not hash it again, and a file changed since the
+  open is refused.
+- thumbnails (named by their content's sha256): :meth:`GalleryIndex.read_thumbnail`
+  hashes every read; :meth:`GalleryIndex.verify_thumbnails` checks the rows
+  given (``c4s match search`` and ``c4s serve`` check those of the hits they
+  return, once per file and process); ``open(verify=True)`` (``c4s match info
+  --verify``) checks every file, embeddings and thumbnails.
+- :meth:`GalleryIndex.save` (``add``/``remove``) writes new hashes only over
+  verified data: ids verified at open, embeddings verified before the first byte
+  is written; thumbnails carried over keep their content names (save does not
+  re-hash them, so a damaged one stays visible to ``info --verify``).
+
 An index belongs to one model: :meth:`GalleryIndex.check_model` refuses any
 other (a different file hash), since embeddings of two models do not compare.
 
@@ -48,7 +73,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -116,16 +141,105 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_HINT = "the index is damaged: restore the folder from a backup or re-enroll it"
+# sha256 of the files this process hashed and found as index.json says, by (path, device, inode, size,
+# mtime): an unchanged file is not hashed twice (serve's reloads, repeated opens of a large gallery)
+_VERIFIED: dict[tuple, str] = {}
+
+
+def _damaged(path: Path, what: str) -> IndexError_:
+    return IndexError_(f"{path}: {what}; {_HINT}")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stat_key(path: Path) -> tuple:
+    st = os.stat(path)
+    return (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _check_file(path: Path, want: str, key: tuple | None = None,
+                mismatch: str = "sha256 differs from index.json") -> None:
+    """Refuse ``path`` unless its sha256 starts with ``want``; hashed once per process while unchanged.
+    ``key``: the file's stat key when it was opened (a file changed since then is refused)."""
+    try:
+        now = _stat_key(path)
+    except OSError as err:
+        raise _damaged(path, f"cannot read it ({err.strerror or err})") from None
+    if key is not None and now != key:
+        raise IndexError_(f"{path} changed since the index was opened; open the index again")
+    got = _VERIFIED.get(now) or _file_sha256(path)
+    if not want or not got.startswith(want):
+        raise _damaged(path, mismatch)
+    _VERIFIED[now] = got  # only what matched is remembered
+
+
+def _npy_from_buffer(buf: np.ndarray, path: Path) -> np.ndarray:
+    """The array in the .npy bytes ``buf`` (uint8), sharing them (no second copy of a large gallery)."""
+    import io
+
+    from numpy.lib import format as npf
+
+    head = io.BytesIO(buf[:1 << 20].tobytes())  # the header only
+    try:
+        version = npf.read_magic(head)
+        if version == (1, 0):
+            shape, fortran, dtype = npf.read_array_header_1_0(head)
+        elif version == (2, 0):
+            shape, fortran, dtype = npf.read_array_header_2_0(head)
+        else:
+            raise ValueError(f"npy format version {version} is not one c4s writes")
+    except ValueError as err:
+        raise _damaged(path, f"not a readable .npy array ({err})") from None
+    if dtype.hasobject:
+        raise _damaged(path, "holds Python objects, not embeddings")
+    count = int(np.prod(shape, dtype=np.int64))
+    offset = head.tell()
+    if offset + count * dtype.itemsize != len(buf):
+        raise _damaged(path, f"{len(buf)} bytes where its header says {offset + count * dtype.itemsize}")
+    return buf[offset:].view(dtype).reshape(shape, order="F" if fortran else "C")
+
+
 class GalleryIndex:
     """Rows of (embedding, identity, source image) built by one model."""
 
-    def __init__(self, folder: Path, info: dict[str, Any], embeddings: np.ndarray, rows: list[dict[str, str]]):
+    def __init__(self, folder: Path, info: dict[str, Any], embeddings: np.ndarray, rows: list[dict[str, str]],
+                 unverified: tuple[Path, str, tuple] | None = None):
         self.folder = Path(folder)
         self.info = info
         self.embeddings = embeddings
+        # (file, sha256, stat at open) of memory-mapped embeddings not yet hashed: done on first use
+        self._unverified = unverified
         self.rows = rows
         self._opened_generation = int(info.get("generation", 0))
         self._cache: dict[str, Any] = {}  # backend structures of these embeddings (bf16 copy, FAISS index)
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """The rows' vectors (memory-mapped ones are verified here, on first use)."""
+        if self._unverified is not None:
+            path, sha, key = self._unverified
+            _check_file(path, sha, key)
+            self._unverified = None
+        return self._embeddings
+
+    @embeddings.setter
+    def embeddings(self, value: np.ndarray) -> None:
+        self._embeddings = value
+        self._unverified = None
+
+    def verify(self, thumbnails: bool = True) -> None:
+        """Check now what is not checked yet: the embeddings' sha256 (memory-mapped) and,
+        with ``thumbnails``, every thumbnail a row names."""
+        _ = self.embeddings
+        if thumbnails:
+            self.verify_thumbnails()
 
     # -- create / open --------------------------------------------------------------------
     @classmethod
@@ -177,34 +291,63 @@ class GalleryIndex:
     @classmethod
     def open(cls, folder: str | Path, mmap: bool = False, verify: bool = False) -> GalleryIndex:
         """Open an index; ``mmap`` maps the embeddings read-only (search over
-        large galleries without loading them); ``verify`` checks the sha256s."""
+        large galleries without loading them; their sha256 is checked on first
+        use); ``verify`` checks every file now, thumbnails included. See the
+        module docstring for what is verified when."""
         folder = Path(folder)
         info = cls.read_info(folder)
+        js = folder / "index.json"
+        need = ("embeddings_file", "ids_file", "embeddings_sha256", "ids_sha256", "rows", "embedding_dim", "dtype")
+        lacking = [k for k in need if k not in info]
+        if lacking:
+            raise _damaged(js, f"lacks {', '.join(lacking)}")
         emb_path, ids_path = folder / info["embeddings_file"], folder / info["ids_file"]
         for p in (emb_path, ids_path):
             if not p.is_file():
                 raise IndexError_(f"{folder}: {p.name} named by index.json is missing; the index is damaged, "
                                   "re-enroll it")
-        raw_ids = ids_path.read_bytes()
+        try:
+            raw_ids = ids_path.read_bytes()
+        except OSError as err:
+            raise _damaged(ids_path, f"cannot read it ({err.strerror or err})") from None
+        ids_ok = _sha256(raw_ids) == info["ids_sha256"]
         try:
             rows = json.loads(raw_ids)["rows"]
-            emb = np.load(emb_path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, KeyError, OSError) as err:
-            raise IndexError_(f"{folder}: cannot read the index files: {err}") from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) and "identity" in r for r in rows):
+                raise ValueError("rows must be a list of {identity, source} objects")
+        except (ValueError, KeyError, TypeError) as err:
+            raise _damaged(ids_path, "sha256 differs from index.json" if not ids_ok else f"not readable ({err})") from None
+        unverified = None
+        if mmap:
+            try:
+                key = _stat_key(emb_path)
+                emb = np.load(emb_path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as err:
+                raise _damaged(emb_path, f"not a readable .npy array ({err})") from None
+            if isinstance(emb, np.memmap) and key[3] != emb.offset + emb.nbytes:
+                raise _damaged(emb_path, f"{key[3]} bytes where its header says {emb.offset + emb.nbytes}")
+            unverified = (emb_path, str(info["embeddings_sha256"]), key)
+        else:
+            try:
+                with open(emb_path, "rb") as f:
+                    # numpy memory (huge pages where the OS has them) is filled ~5x faster than a bytearray
+                    buf = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
+                    got = f.readinto(memoryview(buf))
+            except OSError as err:
+                raise _damaged(emb_path, f"cannot read it ({err.strerror or err})") from None
+            if got != len(buf) or _sha256(buf) != info["embeddings_sha256"]:
+                raise _damaged(emb_path, "sha256 differs from index.json")
+            emb = _npy_from_buffer(buf, emb_path)
         n, d = int(info["rows"]), int(info["embedding_dim"])
         if emb.shape != (n, d) or len(rows) != n or str(emb.dtype) != info["dtype"]:
             raise IndexError_(f"{folder}: index files disagree (embeddings {emb.shape} {emb.dtype}, "
                               f"{len(rows)} ids, index.json says {n} x {d} {info['dtype']}); re-enroll it")
+        if not ids_ok:
+            raise _damaged(ids_path, "sha256 differs from index.json")
+        gi = cls(folder, info, emb, rows, unverified=unverified)
         if verify:
-            if _sha256(raw_ids) != info["ids_sha256"]:
-                raise IndexError_(f"{ids_path}: sha256 differs from index.json; the index is damaged")
-            if _sha256(emb_path.read_bytes()) != info["embeddings_sha256"]:
-                raise IndexError_(f"{emb_path}: sha256 differs from index.json; the index is damaged")
-            for name in sorted({r["thumb"] for r in rows if r.get("thumb")}):
-                tp = folder / THUMBS_DIR / name
-                if not _THUMB_NAME.match(name) or not tp.is_file() or _sha256(tp.read_bytes())[:32] != name[:32]:
-                    raise IndexError_(f"{tp}: thumbnail missing or damaged; re-enroll the index")
-        return cls(folder, info, emb, rows)
+            gi.verify(thumbnails=True)
+        return gi
 
     # -- facts ----------------------------------------------------------------------------
     @property
@@ -279,6 +422,30 @@ class GalleryIndex:
         path = self.folder / THUMBS_DIR / name
         return path if path.is_file() else None
 
+    def read_thumbnail(self, name: str) -> bytes:
+        """The bytes of thumbnail ``name`` (a row's ``thumb``), hashed on every read: a
+        file whose content no longer matches its name is an :class:`IndexError_`."""
+        if not isinstance(name, str) or not _THUMB_NAME.match(name):
+            raise IndexError_(f"{name!r} is not a thumbnail name of this index")
+        path = self.folder / THUMBS_DIR / name
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise _damaged(path, f"thumbnail missing or damaged ({err.strerror or err})") from None
+        if _sha256(data)[:32] != name[:32]:
+            raise _damaged(path, "thumbnail missing or damaged (its content does not match its name)")
+        return data
+
+    def verify_thumbnails(self, rows: Iterable[int] | None = None) -> None:
+        """Check the thumbnails that ``rows`` (default: all) name against their content
+        hashes; each unchanged file is hashed once per process."""
+        picked = self.rows if rows is None else [self.rows[int(r)] for r in rows if 0 <= int(r) < len(self.rows)]
+        for name in sorted({r["thumb"] for r in picked if r.get("thumb")}):
+            path = self.folder / THUMBS_DIR / str(name)
+            if not _THUMB_NAME.match(str(name)) or not path.is_file():
+                raise _damaged(path, "thumbnail missing or damaged (named by a row, but no such file)")
+            _check_file(path, name[:32], mismatch="thumbnail missing or damaged (its content does not match its name)")
+
     def _remove_unused_thumbnails(self) -> None:
         tdir = self.folder / THUMBS_DIR
         if not tdir.is_dir():
@@ -348,6 +515,7 @@ class GalleryIndex:
     def save(self) -> Path:
         """Commit atomically: new generation files, then index.json, then clean up."""
         folder = self.folder
+        _ = self.embeddings  # memory-mapped rows carried over: verified before new hashes are written
         with _lock(folder):
             if (folder / "index.json").is_file():
                 on_disk = int(self.read_info(folder).get("generation", 0))

@@ -5,6 +5,13 @@ A click group with no plugin of its own: ``enroll``, ``add``, ``remove``,
 an ONNX model written by ``c4s export`` (run by :mod:`c4s_core.runtime`).
 Identities are file stems (``DIR/alice.jpg``) or sub-folder names
 (``DIR/alice/*.jpg``). Heavy imports happen inside the commands.
+
+Every command refuses a damaged index with the file named (see
+:mod:`c4s_core.index` for what is verified when): ``search`` checks the
+embeddings' sha256 before embedding a sketch and the thumbnails of the hits it
+reports; ``add``/``remove`` load and verify the index before changing it, so
+they never write new hashes over damage; ``info --verify`` checks every file.
+A missing ``--model`` is the same one-line error for every command.
 """
 
 from __future__ import annotations
@@ -94,6 +101,20 @@ def _embedder(model: str, device: str, batch_size: int, threads: int | None, ali
         opts = {"size": int(emb.input_size[0]), **aligner.get("options", {})}
         emb.aligner = get_registries().aligner.build(aligner["name"], opts)
     return emb
+
+
+def model_sha256(model: str | Path) -> str:
+    """The model file's sha256, to check an index against before loading it; a missing
+    file is the error `match enroll` gives (onnxruntime's, via make_session)."""
+    from .export import file_sha256
+
+    path = Path(model)
+    if not path.is_file():
+        raise DataError(f"ONNX model {path} not found; write one with `c4s export`")
+    try:
+        return file_sha256(path)
+    except OSError as err:
+        raise DataError(f"ONNX model {path}: cannot read it ({err.strerror or err})") from None
 
 
 def _model_info(emb) -> dict[str, Any]:
@@ -217,11 +238,10 @@ def enroll(model, photos, index, dtype, aligner, aligner_options, overwrite, thu
 def add(index, model, photos, replace, aligner, aligner_options, thumbnail_size, device, batch_size, threads,
         on_error, no_progress, as_json):
     """Add identities to an index (with the model that built it)."""
-    from .export import file_sha256
     from .index import GalleryIndex
 
     gi = GalleryIndex.open(index)
-    gi.check_model(file_sha256(model), model)
+    gi.check_model(model_sha256(model), model)
     spec = _aligner_spec(aligner, aligner_options, gi.info.get("aligner"))
     emb = _embedder(model, device, batch_size, threads, spec)
     ids, vecs, sources, skipped = _enroll_photos(emb, photos, on_error, not no_progress)
@@ -271,17 +291,18 @@ def remove(index, identities, missing_ok, as_json):
 def search(index, model, sketches, top_k, chunk_size, backend, faiss_factory, faiss_nprobe, aligner, aligner_options,
            device, batch_size, threads, as_json):
     """Rank gallery identities for each SKETCH (image files or folders)."""
-    from .export import file_sha256
     from .index import GalleryIndex
 
     gi = GalleryIndex.open(index, mmap=True)
-    gi.check_model(file_sha256(model), model)
+    gi.check_model(model_sha256(model), model)
+    gi.verify(thumbnails=False)  # the embeddings' sha256, before any sketch is embedded
     spec = _aligner_spec(aligner, aligner_options, gi.info.get("aligner"))
     emb = _embedder(model, device, batch_size, threads, spec)
     paths = collect_queries(sketches)
     vecs, kept, skipped = emb.embed_files(paths, on_error="raise")
     hits = gi.search(vecs, top_k=top_k, chunk_size=chunk_size, backend=backend, faiss_factory=faiss_factory,
                      faiss_nprobe=faiss_nprobe)
+    gi.verify_thumbnails({h.row for hs in hits for h in hs})  # the images of what is reported are intact
     results = [{"query": str(paths[k]), "hits": [h.as_dict() for h in hs]} for k, hs in zip(kept, hits, strict=True)]
     if as_json:
         click.echo(json.dumps({"index": str(index), "top_k": top_k, "results": results,

@@ -47,6 +47,7 @@ import click
 import numpy as np
 
 from .errors import C4SError, ConfigError, DataError, missing_dependency
+from .index import IndexError_
 
 __all__ = ["ServeLimits", "UploadError", "SearchService", "decode_upload", "create_app", "serve_command",
            "is_loopback"]
@@ -131,21 +132,25 @@ class SearchService:
     """The model, the index and the optional generator behind the app.
 
     The index is opened memory-mapped and reopened when ``index.json`` changes
-    (``c4s match add`` while serving); a changed index built by another model
-    is refused and the old one kept. The generator loads on first use.
+    (``c4s match add`` while serving); a changed index built by another model,
+    or a damaged one, is refused and the old one kept. The embeddings' sha256 is
+    checked at start and at each reload (once per file), not in every search; the thumbnails of
+    the hits are checked before a search answers, and every image is hashed as
+    it is served: a damaged file is a 500 naming it (see :mod:`c4s_core.index`).
+    The generator loads on first use.
     """
 
     def __init__(self, index: str | Path, model: str | Path, device: str = "cpu", threads: int | None = None,
                  generator: str | Path | None = None, generator_device: str = "auto", generator_steps: int = 50,
                  default_style: str | None = None):
-        from .export import file_sha256
         from .index import GalleryIndex
-        from .match_cli import _embedder, _model_info
+        from .match_cli import _embedder, _model_info, model_sha256
 
         self.index_path = Path(index)
         self.model_path = Path(model)
         gi = GalleryIndex.open(self.index_path, mmap=True)
-        gi.check_model(file_sha256(self.model_path), self.model_path)
+        gi.check_model(model_sha256(self.model_path), self.model_path)
+        gi.verify(thumbnails=False)  # the embeddings' sha256 now, not in the first request
         self.embedder = _embedder(str(self.model_path), device, 64, threads, gi.info.get("aligner"))
         self.model_info = _model_info(self.embedder)
         self._lock = threading.Lock()
@@ -204,6 +209,7 @@ class SearchService:
             try:
                 gi = GalleryIndex.open(self.index_path, mmap=True)
                 gi.check_model(self.embedder.model_hash, self.model_path)
+                gi.verify(thumbnails=False)
             except C4SError as err:
                 self.reload_error = f"kept the index as opened: {err}"
                 self._mtime = mtime
@@ -250,6 +256,10 @@ class SearchService:
         vec = self.embedder.run(crop[None])
         gi = self.index
         hits = gi.search(vec, top_k=top_k)[0]
+        try:  # the images shown beside the scores are the enrolled ones
+            gi.verify_thumbnails([h.row for h in hits])
+        except IndexError_ as err:
+            raise UploadError(str(err), 500) from None
         return {
             "query": {"width": int(image.shape[1]), "height": int(image.shape[0]),
                       "input_size": list(self.embedder.input_size), "aligned": _png_data_url(crop), **facts},
@@ -287,10 +297,12 @@ class SearchService:
         from .index import THUMBS_DIR
 
         path = self.index_path / THUMBS_DIR / name
+        if not path.is_file():
+            raise UploadError(f"image {name!r} is listed by the index but its file is missing; re-enroll", 410)
         try:
-            return path.read_bytes()
-        except OSError:
-            raise UploadError(f"image {name!r} is listed by the index but its file is missing; re-enroll", 410) from None
+            return self.index.read_thumbnail(name)  # hashed on every read: never a changed image
+        except IndexError_ as err:
+            raise UploadError(str(err), 500) from None
 
     # -- generator ------------------------------------------------------------------------
     def generator(self):
