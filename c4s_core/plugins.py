@@ -55,6 +55,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "onnx_matcher": "c4s_plugins.onnx_matcher",
     "gan": "c4s_plugins.gan",
     "procedural": "c4s_plugins.procedural",
+    "face_api": "c4s_plugins.face_api",
 }
 # The default pipelines read data through these; they may not be blocked.
 ESSENTIAL_PLUGINS = frozenset({"datasets", "synthfaces"})

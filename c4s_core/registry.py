@@ -27,6 +27,7 @@ KINDS: dict[str, str] = {
     "generator": "register_generators",
     "backbone": "register_backbones",
     "head": "register_heads",
+    "weights": "register_weights",
 }
 
 

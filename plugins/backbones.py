@@ -315,7 +315,8 @@ class Matcher:
         entry = get_registries().backbone.get(spec["name"])
         if entry.cls is Matcher:
             raise DataError(f"{folder / 'matcher.json'}: backbone 'matcher' cannot name itself")
-        opts = {**spec.get("options", {}), "device": config.device, "batch_size": config.batch_size}
+        opts = {**spec.get("options", {}), "device": config.device, "batch_size": config.batch_size,
+                "pretrained": False}  # the folder's weights replace any pretrained start
         opts = {k: v for k, v in opts.items() if k in entry.config_cls.model_fields}
         inner = entry.cls(validate(entry.config_cls, opts, f"backbone options in {folder / 'matcher.json'}"))
         inner.load_weights(folder / "model.safetensors")

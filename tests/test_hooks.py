@@ -88,6 +88,10 @@ def test_register_aligners():
     check_kind("register_aligners")
 
 
+def test_register_weights():
+    check_kind("register_weights")
+
+
 def test_register_commands(monkeypatch):
     from c4s_core import cli as cli_mod
 
