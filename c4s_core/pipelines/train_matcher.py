@@ -101,6 +101,20 @@ class Config(C4SModel):
         description="Margin head. The default scale s=16 suits hundreds of identities; the papers' "
         "s=64 is for tens of thousands (with few classes it stalls near chance).",
     )
+    loss: Literal["margin", "pairs", "margin+pairs"] = Field(
+        "margin", description="margin: the head over class centres; pairs: symmetric sketch<->photo InfoNCE "
+        "over batches of one photo and one sketch per identity (suits paired data and pretrained "
+        "backbones; no class centres to learn); margin+pairs: their sum."
+    )
+    temperature: float = Field(0.05, gt=0.0, le=1.0, description="pairs loss: temperature of the cosine similarities.")
+    backbone_lr_scale: float = Field(
+        1.0, gt=0.0, le=10.0, description="Backbone learning rate as a share of lr (the head trains at lr); "
+        "below 1 keeps a pretrained backbone near its start."
+    )
+    freeze: list[str] = Field(
+        [], description="Backbone parameter-name prefixes kept fixed, e.g. the early stages of a pretrained "
+        "network ([conv32_down, conv32_1] for dlib_r29)."
+    )
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of identities held out for validation (0: none).")
     val_seed: int = Field(0, ge=0, description="Seed of the identity split.")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD with momentum (AdaFace's choice) or AdamW.")
@@ -124,6 +138,12 @@ class Config(C4SModel):
     out: Path = Field(Path("c4s-out/matcher"), description="Output folder.")
     resume: bool = Field(False, description="Continue the run in `out` from its last checkpoint.")
     seed: int = Field(0, ge=0, description="Seed of initialisation, data order, augmentation and dropout.")
+
+    @model_validator(mode="after")
+    def _pairs_batch(self):
+        if self.loss != "margin" and self.batch_size % 2:
+            raise ValueError(f"batch_size must be even with loss {self.loss!r} (photo, sketch pairs), got {self.batch_size}")
+        return self
 
 
 # -- the matcher folder format -----------------------------------------------------------
@@ -262,6 +282,47 @@ def _epoch_indices(train_idx, src, ratios, seed: int, epoch: int):
             parts.append(rng.choice(pool, int(round(frac * len(pool))), replace=False))
     idx = np.concatenate(parts) if parts else np.zeros(0, int)
     return rng.permutation(idx)
+
+
+def _epoch_pairs(train_idx, ids, mods, src, ratios, seed: int, epoch: int):
+    """Indices ``[photo, sketch, photo, sketch, ...]``: per source, each
+    identity with both modalities gives one random photo and one random sketch
+    (``ratio`` copies of it, or a random share of identities for fractions)."""
+    import numpy as np
+
+    rng = np.random.default_rng([0xA125, seed, epoch])
+    pairs = []
+    for si, r in enumerate(ratios):
+        pool = train_idx[src[train_idx] == si]
+        by_id: dict[str, tuple[list[int], list[int]]] = {}
+        for i in pool.tolist():
+            by_id.setdefault(str(ids[i]), ([], []))[0 if mods[i] == "photo" else 1].append(i)
+        both = [v for _k, v in sorted(by_id.items()) if v[0] and v[1]]
+        whole, frac = int(r), r - int(r)
+        chosen = list(range(len(both))) * whole
+        if frac > 0 and both:
+            chosen += rng.choice(len(both), int(round(frac * len(both))), replace=False).tolist()
+        for k in chosen:
+            photos, sketches = both[k]
+            pairs.append((photos[rng.integers(len(photos))], sketches[rng.integers(len(sketches))]))
+    if not pairs:
+        return np.zeros(0, int)
+    return np.asarray(pairs, int)[rng.permutation(len(pairs))].reshape(-1)
+
+
+def _pairs_loss(z, y, temperature: float):
+    """Symmetric InfoNCE over a batch of ``[photo, sketch]`` rows: each sketch
+    against every photo and each photo against every sketch; other pairs of the
+    same identity (an identity drawn twice) are not counted as negatives."""
+    import torch
+    import torch.nn.functional as F
+
+    p, s = z[0::2], z[1::2]
+    logits = s @ p.T / temperature
+    same = (y[1::2, None] == y[None, 0::2]) & ~torch.eye(len(p), dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(same, float("-inf"))
+    target = torch.arange(len(p), device=z.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 def _augment(x, is_photo, aug: Augment, gen, rows: slice | None = None, n: int | None = None):
@@ -459,18 +520,40 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
     model = backbone.model = dist.sync_batchnorm(model, device.type)
     dropout = dist.shard_dropout(model)
 
+    frozen = [n for n, p in model.named_parameters() if any(n.startswith(f) for f in config.freeze)]
+    unknown = [f for f in config.freeze if not any(n.startswith(f) for n, _ in model.named_parameters())]
+    if unknown:
+        raise ConfigError(f"freeze: {', '.join(map(repr, unknown))} match no parameter of backbone {bb_name!r} "
+                          f"(its first ones: {', '.join(n for n, _ in list(model.named_parameters())[:4])})")
     decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay + list(head.parameters()), "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    for n, p in model.named_parameters():
+        if n in frozen:
+            p.requires_grad_(False)
+        else:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    # lr_scale: backbone groups train at backbone_lr_scale * lr, the head at lr
+    groups = [{"params": decay, "weight_decay": config.weight_decay, "lr_scale": config.backbone_lr_scale},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": config.backbone_lr_scale},
+              {"params": list(head.parameters()), "weight_decay": config.weight_decay, "lr_scale": 1.0}]
     if config.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     else:
         opt = torch.optim.AdamW(groups, lr=config.lr)
 
-    steps_per_epoch = max(1, int(np.ceil(len(_epoch_indices(train_idx, src, [d.ratio for d in config.data], config.seed, 0))
-                                         / config.batch_size)))
+    pairs = config.loss != "margin"
+    if pairs and world > 1:
+        raise ConfigError(f"loss {config.loss!r} runs in one process for now (its negatives span the whole "
+                          "batch, which would need a gather across ranks); use loss=margin under torchrun")
+
+    def epoch_order(epoch: int):
+        ratios = [d.ratio for d in config.data]
+        if pairs:
+            return _epoch_pairs(train_idx, ids, mods, src, ratios, config.seed, epoch)
+        return _epoch_indices(train_idx, src, ratios, config.seed, epoch)
+
+    if pairs and not len(epoch_order(0)):
+        raise DataError("loss 'pairs' needs training identities with both a photo and a sketch; the data has none")
+    steps_per_epoch = max(1, int(np.ceil(len(epoch_order(0)) / config.batch_size)))
     total_steps = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
 
@@ -478,7 +561,11 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
     if state is not None:
         model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except ValueError as err:  # parameter groups changed (a checkpoint of an older c4s)
+            raise DataError(f"--resume: the optimizer state in {last_dir} does not fit this run ({err}); "
+                            "it was written by an older c4s: start a new run") from None
         set_rng_state(state["rng"])
         start_epoch, step, history, best = state["epoch"], state["step"], state["history"], state["best"]
         if state["data_hash"] != data_hash:
@@ -503,20 +590,23 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
             self.model, self.head = model, head
 
         def forward(self, x, y):
+            """(unit embeddings, the head's logits or None when the loss has no margin part)."""
             with amp:
                 feat = self.model(x)
             feat = feat.float()
             norms = feat.norm(dim=1, keepdim=True).clamp_min(1e-6)
+            z = feat / norms
+            if config.loss == "pairs":
+                return z, None
             if distributed and self.training and _sync_norm_stats(self.head, norms):
                 keep, self.head.t_alpha = self.head.t_alpha, 0.0  # stats already updated, globally
                 try:
-                    return self.head(feat / norms, norms, y)
+                    return z, self.head(z, norms, y)
                 finally:
                     self.head.t_alpha = keep
-            return self.head(feat / norms, norms, y)
+            return z, self.head(z, norms, y)
 
     net = dist.wrap_ddp(Net(), device)
-    ratios = [d.ratio for d in config.data]
     images_t = torch.from_numpy(images)  # N, H, W, 3 uint8
     ran = 0
     summary_epoch = start_epoch
@@ -526,7 +616,7 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
         t0 = time.time()
         torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout of this epoch
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        order = _epoch_indices(train_idx, src, ratios, config.seed, epoch)
+        order = epoch_order(epoch)
         net.train()
         losses = []
         bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -545,11 +635,13 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
             y = torch.from_numpy(labels[mine]).to(device)
             lr = lr_at(step, total_steps, config.lr, config.schedule, warmup, config.milestones, config.gamma)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             dropout.part = part
-            logits = net(x, y)
-            # this rank's mean, weighted so that DDP's mean over ranks is the global batch mean
-            loss = F.cross_entropy(logits, y) * part.weight if distributed else F.cross_entropy(logits, y)
+            z, logits = net(x, y)
+            loss = _pairs_loss(z, y, config.temperature) if pairs else 0.0
+            if logits is not None:
+                # this rank's mean, weighted so that DDP's mean over ranks is the global batch mean
+                loss = loss + (F.cross_entropy(logits, y) * part.weight if distributed else F.cross_entropy(logits, y))
             seen = loss.detach().clone()
             if distributed:
                 seen = dist.all_reduce_sum(seen) / world
