@@ -38,6 +38,14 @@ __all__ = [
     "load_weights",
     "canonical_safetensors",
     "lr_at",
+    "save_verified_folder",
+    "read_folder_json",
+    "folder_lists",
+    "read_verified",
+    "load_verified",
+    "verify_folder",
+    "latest_checkpoint",
+    "prune_checkpoints",
 ]
 
 _TENSOR = "__tensor__"
@@ -271,3 +279,148 @@ def lr_at(
         return base_lr * gamma ** sum(t >= m for m in milestones)
     raise ValueError(f"unknown schedule {schedule!r}; use constant, cosine or step")
 
+
+
+# -- verified folders ------------------------------------------------------------------------
+# A weights folder (a generator, a checkpoint) is a JSON description plus files; the
+# JSON records each file's sha256 under ``weights_sha256`` ({file name: hash}), so a
+# file changed or damaged after it was written is refused, naming it, instead of
+# being sampled from or trained on.
+
+FOLDER_HASHES = "weights_sha256"
+_UNVERIFIED_WARNED: set[str] = set()
+
+
+def save_verified_folder(
+    path: str | Path,
+    weights: Mapping[str, Mapping[str, Any]],
+    info: Mapping[str, Any],
+    json_name: str,
+    files: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Write the folder ``path`` whole: every ``{file name: state dict}`` of
+    ``weights`` (safetensors, through :func:`save_weights`), every ``{file name:
+    bytes}`` of ``files``, then ``json_name`` holding ``info`` plus
+    ``weights_sha256``, the sha256 of each of those files. Built in a temp folder
+    beside ``path`` and renamed over it, so a killed save leaves the old folder
+    or the new one, never half of one."""
+    import os
+    import shutil
+
+    from .data.io import atomic_write_bytes, replace_folder
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        hashes = {name: save_weights(tmp / name, sd) for name, sd in weights.items()}
+        for name, data in (files or {}).items():
+            atomic_write_bytes(tmp / name, data)
+            hashes[name] = hashlib.sha256(data).hexdigest()
+        doc = {**info, FOLDER_HASHES: dict(sorted(hashes.items()))}
+        atomic_write_bytes(tmp / json_name, json.dumps(doc, indent=2, default=str).encode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return replace_folder(tmp, path)
+
+
+def read_folder_json(folder: str | Path, json_name: str) -> dict[str, Any]:
+    """The description ``folder/json_name`` (a DataError naming it if absent or not a JSON object)."""
+    p = Path(folder) / json_name
+    if not p.is_file():
+        raise DataError(f"{Path(folder)}: no {json_name} (not a folder written by c4s, or an incomplete copy)")
+    try:
+        info = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise DataError(f"{p} is not valid JSON: {err}") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{p} is not a JSON object")
+    return info
+
+
+def folder_lists(info: Mapping[str, Any], name: str) -> bool:
+    """Whether the folder description ``info`` records a hash for file ``name``
+    (then the file must be there: an optional file that went missing is refused)."""
+    rec = info.get(FOLDER_HASHES)
+    return isinstance(rec, Mapping) and name in rec
+
+
+def read_verified(folder: str | Path, name: str, info: Mapping[str, Any], json_name: str) -> bytes:
+    """The bytes of ``folder/name``, checked against the sha256 that ``info`` (the
+    contents of ``folder/json_name``) records for it. Folders written before the
+    hashes were recorded load unchecked, with one warning per folder."""
+    folder = Path(folder)
+    p = folder / name
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{p} is missing (the folder is incomplete)") from None
+    except OSError as err:
+        raise DataError(f"cannot read {p}: {err.strerror or err}") from None
+    rec = info.get(FOLDER_HASHES)
+    if rec is None:
+        key = str(folder.resolve())
+        if key not in _UNVERIFIED_WARNED:
+            import warnings
+
+            _UNVERIFIED_WARNED.add(key)
+            warnings.warn(f"{folder / json_name} records no content hashes (written by an older c4s); "
+                          "its files are loaded unchecked. Save the folder again to add them.", stacklevel=3)
+        return data
+    if not isinstance(rec, Mapping):
+        raise DataError(f"{folder / json_name}: {FOLDER_HASHES} is not a mapping of file names to sha256 hashes")
+    want = rec.get(name)
+    if want is None:
+        raise DataError(f"{p}: {json_name} records no content hash for it (it lists {', '.join(sorted(rec)) or 'none'}); "
+                        "refusing to load a file the folder does not vouch for")
+    got = hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise DataError(
+            f"{p}: content hash {got[:16]}... does not match {json_name} ({str(want)[:16]}...): "
+            "the file was changed or damaged after it was written; refusing to load it"
+        )
+    return data
+
+
+def load_verified(folder: str | Path, name: str, info: Mapping[str, Any], json_name: str) -> dict[str, Any]:
+    """The safetensors state dict ``folder/name``, read once, checked as
+    :func:`read_verified` does, then parsed from memory."""
+    from safetensors.torch import load
+
+    data = read_verified(folder, name, info, json_name)
+    try:
+        return load(data)
+    except Exception as err:  # safetensors raises its own error types
+        raise DataError(f"{Path(folder) / name} is not a readable safetensors file: {err}") from None
+
+
+def verify_folder(folder: str | Path, json_name: str) -> dict[str, Any]:
+    """Check every file the folder's ``json_name`` records a hash for; returns
+    the description. A folder from before the hashes were recorded passes."""
+    info = read_folder_json(folder, json_name)
+    rec = info.get(FOLDER_HASHES)
+    for name in sorted(rec) if isinstance(rec, Mapping) else ([] if rec is None else [None]):
+        if name is None:
+            raise DataError(f"{Path(folder) / json_name}: {FOLDER_HASHES} is not a mapping of file names to sha256 hashes")
+        read_verified(folder, name, info, json_name)
+    return info
+
+
+def latest_checkpoint(ckdir: str | Path, marker: str = "trainer_state.pt") -> Path | None:
+    """The newest complete ``step_*`` checkpoint in ``ckdir`` (one holding ``marker``)."""
+    ckdir = Path(ckdir)
+    if not ckdir.is_dir():
+        return None
+    done = [d for d in sorted(ckdir.glob("step_*")) if (d / marker).is_file()]
+    return done[-1] if done else None
+
+
+def prune_checkpoints(ckdir: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` ``step_*`` checkpoints."""
+    import shutil
+
+    for old in sorted(Path(ckdir).glob("step_*"))[:-keep] if keep else []:
+        shutil.rmtree(old, ignore_errors=True)

@@ -36,8 +36,6 @@ torch/diffusers are imported inside methods.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -662,39 +660,36 @@ class DiffusionGenerator:
 
     def save_pretrained(self, path: str | Path) -> Path:
         """``path/generator.json``, ``model.safetensors`` (UNet, projections, type
-        embeddings, null tokens) and ``ema.safetensors``; written to a temp folder
-        and renamed, so a killed save never leaves a half checkpoint."""
-        from safetensors.torch import save_file
+        embeddings, null tokens) and ``ema.safetensors``; generator.json records
+        each file's sha256 (checked on load). Written to a temp folder and renamed,
+        so a killed save never leaves a half checkpoint."""
+        return self._save_folder(path)
 
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(sd, str(tmp / "model.safetensors"))
+    def _save_folder(self, path: str | Path, files: dict[str, bytes] | None = None) -> Path:
+        from c4s_core.training import save_verified_folder
+
+        weights = {"model.safetensors": self.model.state_dict()}
         if self.ema is not None:
-            save_file({k: v.cpu().contiguous() for k, v in self.ema.shadow.items()}, str(tmp / "ema.safetensors"))
-        (tmp / "generator.json").write_text(json.dumps(self.generator_json(), indent=2, default=str))
-        from c4s_core.data.io import replace_folder
-
-        return replace_folder(tmp, path)
+            weights["ema.safetensors"] = self.ema.shadow
+        return save_verified_folder(path, weights, self.generator_json(), "generator.json", files)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, check_conditioners: bool = True):
         """Load a folder written by :meth:`save_pretrained`; the conditioners are
         rebuilt from their recorded options and their identities (options and
         weights hashes) must match the recorded ones."""
-        from safetensors.torch import load_file
-
         from c4s_core.cache import conditioner_identity
         from c4s_core.config import validate
+        from c4s_core.training import folder_lists, load_verified
 
         path = Path(path)
         meta_p = path / "generator.json"
         if not meta_p.is_file():
             raise DataError(f"{path}: not a diffusion generator folder (no generator.json)")
-        meta = json.loads(meta_p.read_text())
+        try:
+            meta = json.loads(meta_p.read_text())
+        except ValueError as err:
+            raise DataError(f"{meta_p} is not valid JSON: {err}") from None
         if meta.get("format") != "c4s-diffusion-generator":
             raise DataError(f"{meta_p}: format {meta.get('format')!r} is not c4s-diffusion-generator")
         cfg_data = dict(meta["config"])
@@ -711,7 +706,8 @@ class DiffusionGenerator:
                         f"with (recorded identity {rec['identity']}, now {now}); provide the same weights/options "
                         "or load with check_conditioners=False"
                     )
-        sd = load_file(str(path / "model.safetensors"))
+        # every file is checked against the sha256 generator.json records for it
+        sd = load_verified(path, "model.safetensors", meta, "generator.json")
         bad = self.model.load_state_dict(sd, strict=False)
         if bad.missing_keys or bad.unexpected_keys:
             raise DataError(
@@ -719,43 +715,53 @@ class DiffusionGenerator:
                 f"unexpected {bad.unexpected_keys[:10]}"
             )
         self.model.to(self.device)
-        if self.ema is not None and (path / "ema.safetensors").is_file():
-            ema = load_file(str(path / "ema.safetensors"))
+        if self.ema is not None and ((path / "ema.safetensors").is_file() or folder_lists(meta, "ema.safetensors")):
+            ema = load_verified(path, "ema.safetensors", meta, "generator.json")
             self.ema.shadow = {k: ema[k].float().to(self.device) for k in self.ema.shadow}
         self.step = int(meta.get("step", 0))
         self.meta = {k: meta[k] for k in ("dataset",) if k in meta}
         return self
 
     def _save_checkpoint(self, ckdir: Path, opt, gen, history, keep: int, world_size: int = 1) -> Path:
+        import io
+
         import torch
 
-        d = self.save_pretrained(ckdir / f"step_{self.step:07d}")
+        from c4s_core.training import prune_checkpoints
+
         state = {"step": self.step, "optimizer": opt.state_dict(), "rng": gen.get_state(), "world_size": world_size}
-        tmp = d / ".trainer_state.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, d / "trainer_state.pt")
-        (d / "history.json").write_text(json.dumps(history))
-        for old in sorted(ckdir.glob("step_*"))[:-keep] if keep else []:
-            shutil.rmtree(old, ignore_errors=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        # trainer state and history go in the same atomic folder, hashed like the weights
+        d = self._save_folder(ckdir / f"step_{self.step:07d}",
+                              {"trainer_state.pt": buf.getvalue(), "history.json": json.dumps(history).encode()})
+        prune_checkpoints(ckdir, keep)
         return d
 
     def _read_training_state(self, d: Path) -> dict[str, Any]:
         """Everything a resumed ``fit`` needs from checkpoint ``d``, as plain data
-        (CPU tensors): model, EMA, optimizer, RNG state, step, history."""
-        import torch
-        from safetensors.torch import load_file
+        (CPU tensors): model, EMA, optimizer, RNG state, step, history. Every file
+        is checked against the hashes its generator.json records."""
+        import io
 
-        state: dict[str, Any] = {"model": load_file(str(d / "model.safetensors")), "ema": None}
-        if (d / "ema.safetensors").is_file():
-            state["ema"] = load_file(str(d / "ema.safetensors"))
+        import torch
+
+        from c4s_core.training import folder_lists, load_verified, read_folder_json, read_verified
+
+        meta = read_folder_json(d, "generator.json")
+        state: dict[str, Any] = {"model": load_verified(d, "model.safetensors", meta, "generator.json"), "ema": None}
+        if (d / "ema.safetensors").is_file() or folder_lists(meta, "ema.safetensors"):
+            state["ema"] = load_verified(d, "ema.safetensors", meta, "generator.json")
+        data = read_verified(d, "trainer_state.pt", meta, "generator.json")
         try:
-            trainer = torch.load(d / "trainer_state.pt", map_location="cpu", weights_only=True)
+            trainer = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:
             raise DataError(f"cannot resume from {d}: trainer_state.pt unreadable ({err}); delete that folder") from None
         state.update(optimizer=trainer["optimizer"], rng=trainer["rng"], step=int(trainer["step"]),
                      world_size=int(trainer.get("world_size", 1)))
-        hist = d / "history.json"
-        state["history"] = json.loads(hist.read_text()) if hist.is_file() else []
+        state["history"] = []
+        if (d / "history.json").is_file() or folder_lists(meta, "history.json"):
+            state["history"] = json.loads(read_verified(d, "history.json", meta, "generator.json"))
         return state
 
     def _apply_training_state(self, state: dict[str, Any], opt, gen) -> int:
@@ -773,11 +779,9 @@ class DiffusionGenerator:
 
 def latest_checkpoint(ckdir: Path) -> Path | None:
     """The newest complete ``step_*`` checkpoint (one with trainer_state.pt)."""
-    ckdir = Path(ckdir)
-    if not ckdir.is_dir():
-        return None
-    done = [d for d in sorted(ckdir.glob("step_*")) if (d / "trainer_state.pt").is_file()]
-    return done[-1] if done else None
+    from c4s_core.training import latest_checkpoint as latest
+
+    return latest(ckdir)
 
 
 @hookimpl

@@ -17,8 +17,6 @@ the batch. torch is imported inside methods (see ``_pix2pix``).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,9 +211,7 @@ class GanGenerator:
         if resume:
             last = latest_checkpoint(ckdir)
             if last is not None:
-                start = self._load_training_state(last, opt_g, opt_d)
-                if (last / "history.json").is_file():
-                    history = json.loads((last / "history.json").read_text())
+                start, history = self._load_training_state(last, opt_g, opt_d)
         end = steps if stop_after is None else min(steps, stop_after)
         bce = torch.nn.BCEWithLogitsLoss()
         self.G.train()
@@ -360,36 +356,32 @@ class GanGenerator:
 
     def save_pretrained(self, path: str | Path) -> Path:
         """``path/generator.json``, ``model.safetensors`` (the U-Net) and
-        ``discriminator.safetensors``; written to a temp folder and renamed."""
-        from safetensors.torch import save_file
+        ``discriminator.safetensors``; generator.json records each file's sha256
+        (checked on load). Written to a temp folder and renamed."""
+        return self._save_folder(path)
+
+    def _save_folder(self, path: str | Path, files: dict[str, bytes] | None = None) -> Path:
+        from c4s_core.training import save_verified_folder
 
         if self.G is None:
             raise C4SError("generator 'gan' has no networks yet (no styles known): train it before saving")
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.G.state_dict().items()}, str(tmp / "model.safetensors"))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.D.state_dict().items()},
-                  str(tmp / "discriminator.safetensors"))
-        (tmp / "generator.json").write_text(json.dumps(self.generator_json(), indent=2, default=str))
-        from c4s_core.data.io import replace_folder
-
-        return replace_folder(tmp, path)
+        weights = {"model.safetensors": self.G.state_dict(), "discriminator.safetensors": self.D.state_dict()}
+        return save_verified_folder(path, weights, self.generator_json(), "generator.json", files)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None):
         """Load a folder written by :meth:`save_pretrained`."""
-        from safetensors.torch import load_file
-
         from c4s_core.config import validate
+        from c4s_core.training import folder_lists, load_verified
 
         path = Path(path)
         meta_p = path / "generator.json"
         if not meta_p.is_file():
             raise DataError(f"{path}: not a generator folder (no generator.json)")
-        meta = json.loads(meta_p.read_text())
+        try:
+            meta = json.loads(meta_p.read_text())
+        except ValueError as err:
+            raise DataError(f"{meta_p} is not valid JSON: {err}") from None
         if meta.get("format") != "c4s-gan-generator":
             raise DataError(f"{meta_p}: format {meta.get('format')!r} is not c4s-gan-generator")
         data = dict(meta["config"])
@@ -399,9 +391,10 @@ class GanGenerator:
         if self.G is None:
             raise DataError(f"{meta_p}: records no styles; the checkpoint is incomplete")
         for net, fname in ((self.G, "model.safetensors"), (self.D, "discriminator.safetensors")):
-            if fname == "discriminator.safetensors" and not (path / fname).is_file():
+            if fname == "discriminator.safetensors" and not ((path / fname).is_file() or folder_lists(meta, fname)):
                 continue
-            bad = net.load_state_dict(load_file(str(path / fname)), strict=False)
+            # checked against the sha256 generator.json records for it
+            bad = net.load_state_dict(load_verified(path, fname, meta, "generator.json"), strict=False)
             if bad.missing_keys or bad.unexpected_keys:
                 raise DataError(f"{path / fname} does not fit the recorded config: missing {bad.missing_keys[:10]}, "
                                 f"unexpected {bad.unexpected_keys[:10]}")
@@ -412,39 +405,52 @@ class GanGenerator:
         return self
 
     def _save_checkpoint(self, ckdir: Path, opt_g, opt_d, history, keep: int) -> Path:
+        import io
+
         import torch
 
-        d = self.save_pretrained(ckdir / f"step_{self.step:07d}")
-        tmp = d / ".trainer_state.pt.tmp"
-        torch.save({"step": self.step, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, tmp)
-        os.replace(tmp, d / "trainer_state.pt")
-        (d / "history.json").write_text(json.dumps(history))
-        for old in sorted(ckdir.glob("step_*"))[:-keep] if keep else []:
-            shutil.rmtree(old, ignore_errors=True)
+        from c4s_core.training import prune_checkpoints
+
+        buf = io.BytesIO()
+        torch.save({"step": self.step, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, buf)
+        # trainer state and history go in the same atomic folder, hashed like the weights
+        d = self._save_folder(ckdir / f"step_{self.step:07d}",
+                              {"trainer_state.pt": buf.getvalue(), "history.json": json.dumps(history).encode()})
+        prune_checkpoints(ckdir, keep)
         return d
 
-    def _load_training_state(self, d: Path, opt_g, opt_d) -> int:
-        import torch
-        from safetensors.torch import load_file
+    def _load_training_state(self, d: Path, opt_g, opt_d) -> tuple[int, list[dict]]:
+        """Restore checkpoint ``d`` (every file checked against the hashes its
+        generator.json records); returns the step and the history."""
+        import io
 
-        self.G.load_state_dict(load_file(str(d / "model.safetensors")))
-        self.D.load_state_dict(load_file(str(d / "discriminator.safetensors")))
+        import torch
+
+        from c4s_core.training import folder_lists, load_verified, read_folder_json, read_verified
+
+        meta = read_folder_json(d, "generator.json")
+        G = load_verified(d, "model.safetensors", meta, "generator.json")
+        D = load_verified(d, "discriminator.safetensors", meta, "generator.json")
+        data = read_verified(d, "trainer_state.pt", meta, "generator.json")
         try:
-            state = torch.load(d / "trainer_state.pt", map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:
             raise DataError(f"cannot resume from {d}: trainer_state.pt unreadable ({err}); delete that folder") from None
+        history = []
+        if (d / "history.json").is_file() or folder_lists(meta, "history.json"):
+            history = json.loads(read_verified(d, "history.json", meta, "generator.json"))
+        self.G.load_state_dict(G)
+        self.D.load_state_dict(D)
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         self.step = int(state["step"])
-        return self.step
+        return self.step, history
 
 
 def latest_checkpoint(ckdir: Path) -> Path | None:
-    ckdir = Path(ckdir)
-    if not ckdir.is_dir():
-        return None
-    done = [d for d in sorted(ckdir.glob("step_*")) if (d / "trainer_state.pt").is_file()]
-    return done[-1] if done else None
+    from c4s_core.training import latest_checkpoint as latest
+
+    return latest(ckdir)
 
 
 @hookimpl

@@ -16,6 +16,11 @@ generator.json), ``checkpoints/step_N/`` (resumable), ``samples/step_N.png``
 ``config.yaml``, ``cache/`` (condition embeddings keyed by image hash and
 encoder identity). ``--resume`` continues from the newest checkpoint with the
 same data order and randomness, giving the same weights as an uninterrupted run.
+It refuses, before anything is written, a checkpoint whose files do not match
+the hashes its generator.json records, settings other than ``steps`` and
+``stop_after`` that differ from the run's, and training data that changed; a
+run without ``--resume`` refuses an out folder that already holds checkpoints
+(the two runs' checkpoints would mix, and ``--resume`` would take the newest).
 
 Under ``torchrun --nproc-per-node N`` (one or several nodes) the same command
 trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs): ``batch_size``
@@ -38,6 +43,11 @@ from pathlib import Path
 from pydantic import Field
 
 from ..config import C4SModel, ComponentSpec
+
+# fields that may change between a run and its --resume (train-matcher: epochs, stop_after)
+RESUMABLE_CHANGES = ("resume", "steps", "stop_after")
+# per-invocation fields, left out of the settings recorded in the generator's JSON
+_NOT_RECORDED = ("out", "resume", "stop_after")
 
 
 class Config(C4SModel):
@@ -183,15 +193,108 @@ def _device_type(config: Config) -> str:
     return dev.split(":")[0]
 
 
+_UNSET = object()
+
+
+def _comparable(data: dict) -> dict:
+    """Recorded settings with the generator's options completed by their defaults,
+    so spelling out a default (or leaving one out) is no change."""
+    import json
+
+    from ..errors import C4SError
+    from ..plugins import get_registries
+
+    data = dict(data)
+    gen = data.get("generator")
+    if isinstance(gen, dict) and gen.get("name"):
+        try:
+            opts = get_registries().generator.config(gen["name"], gen.get("options") or {})
+        except C4SError:  # an unknown or changed plugin: compare the options as written
+            return data
+        data["generator"] = {**gen, "options": json.loads(opts.model_dump_json())}
+    return data
+
+
+def _differences(now, saved, path: str = "") -> list[tuple[str, object, object]]:
+    """``(dotted field, saved value, new value)`` for every setting that differs."""
+    if isinstance(now, dict) and isinstance(saved, dict):
+        found = []
+        for k in list(now) + [k for k in saved if k not in now]:
+            found += _differences(now.get(k, _UNSET), saved.get(k, _UNSET), f"{path}.{k}" if path else str(k))
+        return found
+    return [] if now == saved else [(path, saved, now)]
+
+
+def _show(v) -> str:
+    import json
+
+    text = "(unset)" if v is _UNSET else json.dumps(v, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_resume(config: Config, saved: dict, where: Path) -> None:
+    import json
+
+    from ..errors import ConfigError
+
+    now = {k: v for k, v in json.loads(config.model_dump_json()).items() if k not in RESUMABLE_CHANGES and k != "out"}
+    saved = {k: v for k, v in saved.items() if k not in RESUMABLE_CHANGES and k != "out"}
+    diff = _differences(_comparable(now), _comparable(saved))
+    if diff:
+        shown = ", ".join(f"{f} ({_show(a)} then, {_show(b)} now)" for f, a, b in diff[:8])
+        more = f" and {len(diff) - 8} more" if len(diff) > 8 else ""
+        raise ConfigError(
+            f"--resume: the config differs from the run in {where} in {shown}{more}; "
+            f"only {', '.join(RESUMABLE_CHANGES)} may change. Use the saved {where / 'config.yaml'} "
+            "or another out folder."
+        )
+
+
+def _resume_point(config: Config, out: Path) -> dict | None:
+    """The newest checkpoint's generator.json, its files verified and the run's
+    settings checked against ``config``; None for a fresh run. Refuses a fresh run
+    over an old run's checkpoints and a --resume without one."""
+    import json
+
+    from ..errors import DataError
+    from ..training import latest_checkpoint, verify_folder
+
+    ckdir = out / "checkpoints"
+    if not config.resume:
+        if any(ckdir.glob("step_*")):
+            raise DataError(f"{out} already holds a training run ({ckdir}); pass --resume to continue it, "
+                            "or pick another out")
+        return None
+    last = latest_checkpoint(ckdir)
+    if last is None:
+        raise DataError(f"--resume: no checkpoint in {ckdir} (step_*/trainer_state.pt); run without --resume first")
+    meta = verify_folder(last, "generator.json") if (last / "generator.json").is_file() else {}
+    saved = meta.get("train_config")
+    if saved is None:  # checkpoints from before the settings were recorded: the run's last records
+        try:
+            run_info = json.loads((out / "run.json").read_text())
+            saved = run_info["config"] if run_info.get("pipeline") == "train-generator" else None
+        except (OSError, ValueError, KeyError, TypeError):
+            saved = None
+    if saved is None:
+        import warnings
+
+        warnings.warn(f"--resume: {last} records no settings; they are not checked against this run's", stacklevel=2)
+    else:
+        _check_resume(config, saved, out)
+    return {"checkpoint": str(last), "dataset_hash": (meta.get("dataset") or {}).get("hash")}
+
+
 def _run(config: Config, progress: bool, ctx, device_type: str) -> dict:
     import hashlib
+    import json
     import time
 
     import numpy as np
 
     from .. import distributed as dist
     from ..data.io import array_hash, resize
-    from ..errors import ConfigError
+    from ..errors import C4SError, ConfigError, DataError
     from ..plugins import get_registries
     from .common import prepare_out, save_run_config, write_json
 
@@ -199,6 +302,16 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict:
     per_rank = dist.per_rank_batch(config.batch_size, world)
     show = progress and main
     out = prepare_out(config.out) if main else Path(config.out)
+    # rank 0 checks (its out folder need not be shared) before anything is written
+    point, err = None, None
+    if main:
+        try:
+            point = _resume_point(config, out)
+        except C4SError as e:
+            err = e
+    point, err = dist.broadcast_object((point, err))
+    if err is not None:
+        raise err
     regs = get_registries()
     ds = regs.dataset.build(config.dataset)
     gen_spec = config.generator
@@ -245,6 +358,11 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict:
     for i in range(len(photos)):
         h.update(f"{idents[i]}|{styles[i]}|{array_hash(photos[i])}|{array_hash(sketches[i])}\n".encode())
     data_hash = h.hexdigest()[:16]
+    if point and point["dataset_hash"] not in (None, data_hash):
+        raise DataError(f"--resume: the training data changed since {point['checkpoint']} was written (data hash "
+                        f"{point['dataset_hash']} then, {data_hash} now); resume with the same data or pick another out")
+    # the run's settings travel in every checkpoint, so --resume can check them
+    gen.meta["train_config"] = {k: v for k, v in json.loads(config.model_dump_json()).items() if k not in _NOT_RECORDED}
     gen.meta["dataset"] = {
         "spec": config.dataset.model_dump(), "hash": data_hash, "pairs": len(photos),
         "train_pairs": len(tr), "val_pairs": len(va), "identities": len(uniq), "val_identities": len(val_ids),
