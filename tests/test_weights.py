@@ -275,6 +275,11 @@ def test_dlib_r29_equals_dlibs_descriptor_on_real_faces(cufs, monkeypatch):
     chips, found = dl.chips(images)
     assert sum(found) >= 30
     a = dl.embed(images)
-    b = regs.backbone.build("dlib_r29", {"device": "cpu"}).embed(chips)
-    cos = (a * b).sum(1)
+    r29 = regs.backbone.build("dlib_r29", {"device": "cpu"})
+    cos = (a * r29.embed(chips)).sum(1)
     assert cos.mean() >= 0.999 and cos.min() >= 0.998, cos
+    # the dlib_chip template reproduces dlib's crop closely enough for the same descriptor
+    # (measured: mean 0.998; on the ArcFace template 0.92)
+    crops = [r.image for r in regs.aligner.build("dlib", {"template": "dlib_chip", "size": 150}).align(images)]
+    cos = (a * r29.embed(crops)).sum(1)
+    assert cos.mean() >= 0.99, cos
