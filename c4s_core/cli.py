@@ -114,6 +114,17 @@ def describe(kind, name):
     click.echo(f"origin: {e.origin}")
     if e.aliases:
         click.echo(f"aliases: {', '.join(e.aliases)}")
+    # pretrained weights: where they come from and under what licence
+    src = e if e.kind == "weights" else None
+    if src is None and getattr(e.cls, "weight_source", None):
+        src = regs.weights.get(e.cls.weight_source)
+    if src is not None:
+        from . import weights as store
+
+        w = src.cls
+        click.echo(f"weights: {src.name} = {w.package}@{w.version} (sha256 {w.sha256[:16]}...), stored in {store.folder(src.name)}")
+        click.echo(f"licence: {w.licence}")
+        click.echo(f"upstream: {w.upstream}")
     schema = e.config_cls.model_json_schema()
     props = schema.get("properties", {})
     fields = e.config_cls.model_fields

@@ -283,3 +283,12 @@ def test_dlib_r29_equals_dlibs_descriptor_on_real_faces(cufs, monkeypatch):
     crops = [r.image for r in regs.aligner.build("dlib", {"template": "dlib_chip", "size": 150}).align(images)]
     cos = (a * r29.embed(crops)).sum(1)
     assert cos.mean() >= 0.99, cos
+
+
+def test_describe_names_the_weights_and_their_licence():
+    from c4s_core.cli import cli
+
+    res = CliRunner().invoke(cli, ["describe", "backbone", "dlib_r29"])
+    assert res.exit_code == 0, res.output
+    assert "@vladmandic/face-api@1.7.15" in res.output and "licence: MIT" in res.output
+    assert "dlib_face_recognition_resnet_model_v1" in res.output
