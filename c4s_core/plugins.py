@@ -56,6 +56,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "gan": "c4s_plugins.gan",
     "procedural": "c4s_plugins.procedural",
     "face_api": "c4s_plugins.face_api",
+    "face_id": "c4s_plugins.face_id",
 }
 # The default pipelines read data through these; they may not be blocked.
 ESSENTIAL_PLUGINS = frozenset({"datasets", "synthfaces"})
