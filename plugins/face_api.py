@@ -73,18 +73,7 @@ class DlibR29(TorchBackbone):
     color_order = "RGB"
     mean = tuple(m / 255.0 for m in MEAN_RGB)
     std = (1.0, 1.0, 1.0)  # (x - mean) / 255 with x in 0..255
-    runtime_options = ("weights", "device", "batch_size", "pretrained")
     weight_source = FaceApiResNet.name
-
-    def __init__(self, config: DlibR29Config):
-        super().__init__(config)
-        if config.pretrained and config.weights is None:
-            from c4s_core import weights as store
-
-            from .backbones import load_state_dict_strict
-
-            load_state_dict_strict(self.model, store.load(self.weight_source), str(store.folder(self.weight_source)))
-            self.model.eval()
 
     def build_model(self):
         from ._dlib_resnet import DlibResNet

@@ -37,8 +37,15 @@ setup() {
 weights() {
   local home="${C4S_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/c4s}"
   local stamp="$VENV/.c4s-weights" want
-  want="$home $(sha256sum plugins/face_api.py | cut -c1-16)"
+  local tfjs=@tensorflow/tfjs@4.22.0
+  want="$home $tfjs $(cat plugins/face_api.py plugins/human_models.py | sha256sum | cut -c1-16)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+  # pure-JS TF.js, for the test that runs human-models' graph in Node against
+  # the torch rebuild; optional (that test skips without it)
+  if command -v npm >/dev/null && command -v node >/dev/null; then
+    npm install --prefix "$home/node" --no-audit --no-fund --silent "$tfjs" >&2 \
+      || echo "c4s: warning: $tfjs not installed in $home/node; the TF.js parity test will skip" >&2
+  fi
   if "$VENV/bin/c4s" weights fetch >&2; then echo "$want" > "$stamp"
   else echo "c4s: warning: pretrained weights not fetched (see above); run: $VENV/bin/c4s weights fetch" >&2; fi
 }
