@@ -319,7 +319,7 @@ class Matcher:
     def __init__(self, config: MatcherConfig):
         from c4s_core import get_registries
         from c4s_core.config import validate
-        from c4s_core.pipelines.train_matcher import read_matcher
+        from c4s_core.matcher_folder import read_matcher
 
         self.config = config
         folder, info = read_matcher(config.path)

@@ -504,8 +504,8 @@ class DiffusionGenerator:
 
     def save_grid(self, path, grid, sampler=None, guidance=None) -> None:
         """Rows: the grid photos; columns: the photo, then one sample per style."""
+        from c4s_core.data.io import grid as tile
         from c4s_core.data.io import resize, save_image
-        from c4s_core.pipelines.synth import grid as tile
 
         photos, styles = grid
         rows = []

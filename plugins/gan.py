@@ -280,8 +280,8 @@ class GanGenerator:
 
     def save_grid(self, path, grid, **_ignored) -> None:
         """Rows: the grid photos; columns: the photo, then one sample per style."""
+        from c4s_core.data.io import grid as tile
         from c4s_core.data.io import resize, save_image
-        from c4s_core.pipelines.synth import grid as tile
 
         photos, styles = grid
         styles = [s for s in styles if s in self.config.styles]

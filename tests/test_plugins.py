@@ -163,3 +163,16 @@ def test_duplicate_component_from_second_plugin_reported():
 def _rename(fn, name):
     fn.__name__ = name
     return fn
+
+
+def test_plugins_use_core_services_not_pipeline_internals():
+    """A built-in plugin imports what a third-party one could: c4s_core's public
+    modules, never c4s_core.pipelines (issue 21)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "plugins"
+    bad = [f"{p.name}:{i}: {line.strip()}" for p in sorted(root.glob("*.py"))
+           for i, line in enumerate(p.read_text().splitlines(), 1)
+           if re.search(r"\bc4s_core\.pipelines\b|from c4s_core import pipelines", line.split("#", 1)[0])]
+    assert not bad, "plugins importing pipeline internals:\n" + "\n".join(bad)

@@ -185,3 +185,15 @@ def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == (h, w):
         return image
     return np.asarray(Image.fromarray(image).resize((w, h), Image.LANCZOS))
+
+
+def grid(rows: list[list], pad: int = 2):
+    """Tile rows of equal-size uint8 images on white."""
+    h, w = rows[0][0].shape[:2]
+    ncol = max(len(r) for r in rows)
+    canvas = np.full((len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, im in enumerate(row):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            canvas[y:y + h, x:x + w] = resize(im, (h, w))
+    return canvas

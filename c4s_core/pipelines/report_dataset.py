@@ -114,12 +114,11 @@ def run(config: Config, progress: bool = True) -> dict:
     import numpy as np
     from tqdm import tqdm
 
-    from ..data.io import atomic_write_bytes, load_image, resize, save_image
+    from ..data.io import atomic_write_bytes, grid, load_image, resize, save_image
     from ..data.manifest import read_manifest
     from ..errors import ConfigError, DataError
     from ..plugins import get_registries
     from .common import prepare_out, write_json
-    from .synth import grid
 
     src = config.path or config.out
     if src is None:

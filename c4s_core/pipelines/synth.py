@@ -27,7 +27,7 @@ class Config(C4SModel):
 def run(config: Config, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from ..data.io import array_hash, save_image
+    from ..data.io import array_hash, grid, save_image
     from ..data.manifest import write_manifest
     from ..plugins import get_registries
     from .common import prepare_out, remove_partial_files, save_run_config
@@ -59,19 +59,3 @@ def run(config: Config, progress: bool = True) -> dict:
         save_image(out / "contact_sheet.png", grid(list(sheet.values())))
     return {"out": str(out), "images": len(records), "written": written, "kept": kept,
             "partial_files_removed": removed, "identities": len({r["identity"] for r in records})}
-
-
-def grid(rows: list[list], pad: int = 2):
-    """Tile rows of equal-size uint8 images on white."""
-    import numpy as np
-
-    from ..data.io import resize
-
-    h, w = rows[0][0].shape[:2]
-    ncol = max(len(r) for r in rows)
-    canvas = np.full((len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c, im in enumerate(row):
-            y, x = pad + r * (h + pad), pad + c * (w + pad)
-            canvas[y:y + h, x:x + w] = resize(im, (h, w))
-    return canvas
