@@ -30,6 +30,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,25 @@ def model_path(key: str, what: str = "dlib face models") -> Path:
     if not p.is_file():
         raise DataError(f"dlib model file missing: {p}; reinstall face_recognition_models")
     return p
+
+
+def _installed(module: str) -> bool:
+    # sys.modules first: a module set to None there cannot be imported (how tests hide one)
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing(what: str) -> str | None:
+    """Why ``what`` cannot run here (the message naming the package and the extra to
+    install), or None when the dlib extra is installed; imports nothing."""
+    for module, package in (("dlib", "dlib-bin"), ("face_recognition_models", "face_recognition_models")):
+        if not _installed(module):
+            return str(missing_dependency(package, "dlib", what))
+    return None
 
 
 def import_dlib(what: str):
@@ -160,6 +180,11 @@ class DlibAligner(Aligner):
     Config = DlibAlignerConfig
     what = "the dlib aligner"
 
+    @classmethod
+    def missing_extra(cls) -> str | None:
+        """None when this component can be built; else what to install (see :func:`missing`)."""
+        return missing(cls.what)
+
     def __init__(self, config: DlibAlignerConfig):
         super().__init__(config)
         load_model("hog", self.what)  # fail now, naming the extra, if dlib is missing
@@ -202,6 +227,11 @@ class DlibResnet:
     input_size = (150, 150)
     embedding_dim = 128
     what = "the dlib_resnet backbone"
+
+    @classmethod
+    def missing_extra(cls) -> str | None:
+        """None when this component can be built; else what to install (see :func:`missing`)."""
+        return missing(cls.what)
 
     def __init__(self, config: DlibResnetConfig):
         self.config = config
@@ -255,6 +285,11 @@ class DlibIdConditioner:
     dim = 128
     num_tokens = 1
     what = "the dlib_id conditioner"
+
+    @classmethod
+    def missing_extra(cls) -> str | None:
+        """None when this component can be built; else what to install (see :func:`missing`)."""
+        return missing(cls.what)
 
     def __init__(self, config: DlibIdConfig):
         self.config = config

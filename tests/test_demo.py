@@ -57,6 +57,7 @@ def test_demo_tiny_runs_every_stage(tmp_path):
     assert res.exit_code == 0, res.output
     s = json.loads(res.output)
     assert s["best_arm"] in ("real", "diffusion") and s["searched"] == 3 and s["gallery_size"] == 8 + 5
+    assert s["machine"]["torch_threads"] >= 1 and s["machine"]["cpu_capability"]  # what figures depend on
     assert set(s["metrics"]) == {"real", "diffusion", "hog"}
     report = (out / "report.md").read_text()
     assert "## Deployment" in report and "| te00000 |" in report
@@ -97,3 +98,52 @@ def test_real_data_demo_config(cufs, shared_data):
     train = build(exp.train)
     assert len(train.identities()) == 268 and exp.test is None and exp.test_fraction == 0.2
     assert len(build(exp.new_identities)) == 200 and len(build(exp.distractors)) == 500
+
+
+def _hide_dlib(monkeypatch):
+    """A base install: ``import dlib`` fails (as without the dlib extra)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dlib", None)
+
+
+def test_demo_defaults_leave_out_what_needs_the_dlib_extra(monkeypatch):
+    _hide_dlib(monkeypatch)
+    cfg = demo.Config()
+    cfg = cfg.model_copy(update={"experiment": cfg.experiment.model_copy(update={
+        "evaluation": cfg.experiment.evaluation.model_copy(update={"baselines": ["hog", "dlib_resnet"]})})})
+    ran, left = demo.without_missing_extras(cfg)
+    conds = [c["name"] for c in ran.experiment.diffusion.options["conditioners"]]
+    assert "dlib_id" not in conds and "photo_patches" in conds and "clip_text" in conds
+    assert ran.experiment.evaluation.baselines == ["hog"]
+    assert [lo["component"] for lo in left] == ["conditioner dlib_id of the diffusion generator", "baseline dlib_resnet"]
+    assert all("pip install 'clip4sketch[dlib]'" in lo["reason"] and "dlib-bin" in lo["reason"] for lo in left)
+    assert "photo_patches" in left[0]["instead"]
+
+
+def test_demo_runs_without_the_dlib_extra(tmp_path, monkeypatch):
+    """A tiny demo asking for dlib_id and dlib_resnet runs on the base install and says what it left out."""
+    import yaml
+
+    _hide_dlib(monkeypatch)
+    p = tiny_config(tmp_path)
+    cfg = yaml.safe_load(p.read_text())
+    exp = cfg["experiment"]
+    exp["diffusion"]["options"]["conditioners"].insert(0, {"name": "dlib_id"})
+    exp["evaluation"]["baselines"] = ["hog", "dlib_resnet"]
+    p.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(cli, ["demo", "--config", str(p), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "warning: left out conditioner dlib_id of the diffusion generator" in res.stderr
+    assert "left out baseline dlib_resnet" in res.stderr and "pip install 'clip4sketch[dlib]'" in res.stderr
+    s = json.loads(res.stdout)
+    assert [lo["component"] for lo in s["left_out"]] == ["conditioner dlib_id of the diffusion generator",
+                                                        "baseline dlib_resnet"]
+    assert set(s["metrics"]) == {"real", "diffusion", "hog"}
+    report = (out / "report.md").read_text()
+    assert "## Left out" in report and "pip install 'clip4sketch[dlib]'" in report
+    saved = yaml.safe_load((out / "config.yaml").read_text())  # the config that ran, rerunnable as is
+    assert [c["name"] for c in saved["experiment"]["diffusion"]["options"]["conditioners"]] == [
+        "clip_image", "clip_text", "photo_patches"]
+    assert json.loads((out / "run.json").read_text())["left_out"] == s["left_out"]

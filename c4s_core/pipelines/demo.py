@@ -47,10 +47,86 @@ def _demo_experiment() -> ExperimentConfig:
         styles=["pencil", "charcoal"],
         num_per_style=1,
         sampler=ComponentSpec(name="dpmsolver++", options={"steps": 15}),
-        matcher=MatcherSettings(epochs=12, batch_size=32, threads=None),
+        # a fixed thread count: the split of each float sum, hence the chaotic trainings' figures,
+        # then depends on the CPU kernels only, not on the core count (README: demo figures)
+        matcher=MatcherSettings(epochs=12, batch_size=32, threads=2),
         # sketches as drawn and perturbed, each against the gallery + 200 distractors
         evaluation=Evaluation(protocols=["distractors", "forensic"]),
     )
+
+
+# weights-free conditioner that still shows the generator the person (their photo's layout),
+# used in place of an identity conditioner whose extra is not installed
+FALLBACK_CONDITIONER = "photo_patches"
+
+
+def _missing(reg, name: str) -> str | None:
+    """What ``name`` of registry ``reg`` needs that is not installed (None: nothing, or unknown:
+    an unknown name keeps failing where the stage builds it, with its own error)."""
+    if name not in reg:
+        return None
+    check = getattr(reg.get(name).cls, "missing_extra", None)
+    return check() if callable(check) else None
+
+
+def without_missing_extras(config: Config) -> tuple[Config, list[dict]]:
+    """``config`` without the components whose optional extra is not installed, and a record
+    per component left out (``component``, ``reason`` naming the pip install, ``instead``).
+
+    A generator's conditioners lose such a conditioner (an identity one is replaced by
+    ``photo_patches``), baselines lose such a backbone, ``report_similarity`` becomes none.
+    Components set by name that are not registered are left for their stage to refuse."""
+    from ..plugins import get_registries
+
+    regs = get_registries()
+    exp = config.experiment
+    left: list[dict] = []
+    upd: dict = {}
+    for arm in ("diffusion", "gan"):
+        spec = getattr(exp, arm, None)
+        if arm not in exp.arms or spec is None or spec.name not in regs.generator:
+            continue
+        gcfg = regs.generator.config(spec.name, spec.options)
+        conds = getattr(gcfg, "conditioners", None)
+        if not conds:
+            continue
+        roles = dict(getattr(gcfg, "roles", None) or {})
+        keep, dropped_identity = [], False
+        for c in conds:
+            why = _missing(regs.conditioner, c.name)
+            if why is None:
+                keep.append(c)
+                continue
+            role = roles.pop(c.name, None) or getattr(regs.conditioner.get(c.name).cls, "role", "identity")
+            dropped_identity |= role == "identity"
+            left.append({"component": f"conditioner {c.name} of the {arm} generator", "reason": why})
+        if len(keep) == len(conds):
+            continue
+        names = {c.name for c in keep}
+        if dropped_identity and FALLBACK_CONDITIONER in regs.conditioner and FALLBACK_CONDITIONER not in names:
+            keep.append(ComponentSpec(name=FALLBACK_CONDITIONER))
+            left[-1]["instead"] = f"the generator sees the photo through {FALLBACK_CONDITIONER} instead"
+        opts = {**spec.options, "conditioners": [c.model_dump() for c in keep]}
+        if "roles" in spec.options:
+            opts["roles"] = roles
+        upd[arm] = ComponentSpec(name=spec.name, options=opts)
+    baselines = []
+    for b in exp.evaluation.baselines:
+        why = _missing(regs.backbone, b)
+        if why is None:
+            baselines.append(b)
+        else:
+            left.append({"component": f"baseline {b}", "reason": why})
+    if baselines != exp.evaluation.baselines:
+        upd["evaluation"] = exp.evaluation.model_copy(update={"baselines": baselines})
+    rs = exp.report_similarity
+    if rs is not None and (why := _missing(regs.conditioner, rs.name)) is not None:
+        left.append({"component": f"report_similarity {rs.name}", "reason": why,
+                     "instead": "generated-set reports have no identity similarity"})
+        upd["report_similarity"] = None
+    if not upd:
+        return config, left
+    return config.model_copy(update={"experiment": exp.model_copy(update=upd)}), left
 
 
 class Config(C4SModel):
@@ -78,9 +154,15 @@ def run(config: Config, progress: bool = True) -> dict:
     from .common import prepare_out, save_run_config, write_json
 
     t0 = time.time()
+    # what needs an extra that is not installed is left out (said below and in the report),
+    # so the demo runs on the base install; the saved config is the one that ran
+    config, left_out = without_missing_extras(config)
     out = prepare_out(config.out)
-    save_run_config(out, "demo", config)
+    save_run_config(out, "demo", config, {"left_out": left_out} if left_out else None)
     say = (lambda m: print(f"c4s demo: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    for lo in left_out:
+        print(f"c4s demo: warning: left out {lo['component']}: {lo['reason']}"
+              + (f"; {lo['instead']}" if lo.get("instead") else ""), file=sys.stderr, flush=True)
     times: dict[str, float] = {}
 
     say("1/3 experiment: generator, generated set, matchers, evaluation")
@@ -144,14 +226,26 @@ def run(config: Config, progress: bool = True) -> dict:
 
     summary = {"out": str(out), "report": str(out / "report.md"), "best_arm": best, "onnx": str(ex["model"]),
                "metrics": res["metrics"], "verdicts": res["verdicts"], "gallery_size": len(seen),
-               "searched": len(probe_files), "seconds": times}
+               "searched": len(probe_files), "left_out": left_out, "machine": _machine(), "seconds": times}
     write_json(out / "summary.json", summary)
-    (out / "report.md").write_text(_report(config, res, ex, best, hits, len(seen), times))
+    (out / "report.md").write_text(_report(config, res, ex, best, hits, len(seen), times, left_out))
     say(f"done in {times['total']:.0f} s; report: {out / 'report.md'}")
     return summary
 
 
-def _report(config: Config, res: dict, ex: dict, best: str, hits, gallery: int, times: dict) -> str:
+def _machine() -> dict:
+    """What the figures depend on beyond the config: trained matchers follow float rounding,
+    which the CPU kernel set and thread count change (README: demo figures across machines)."""
+    import platform
+
+    import torch
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "machine": platform.machine()}
+
+
+def _report(config: Config, res: dict, ex: dict, best: str, hits, gallery: int, times: dict,
+            left_out: list[dict] | None = None) -> str:
     exp_md = (Path(res["out"]) / "report.md").read_text()
     body = exp_md.split("\n", 1)[1] if exp_md.startswith("#") else exp_md
     body = body.replace("](", "](experiment/").replace("](experiment/http", "](http")
@@ -164,6 +258,16 @@ def _report(config: Config, res: dict, ex: dict, best: str, hits, gallery: int, 
         "",
         "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in times.items()),
         "",
+        "Machine: torch {torch} on {machine}, CPU kernels {cpu_capability}, {torch_threads} thread(s); trained "
+        "matchers' figures differ between machines by float rounding (README).".format(**_machine()),
+        "",
+    ]
+    if left_out:
+        lines += ["## Left out", "", "This install lacks what these need; the demo ran without them:", ""]
+        lines += [f"- {lo['component']}: {lo['reason']}" + (f" ({lo['instead']})" if lo.get("instead") else "")
+                  for lo in left_out]
+        lines.append("")
+    lines += [
         "## Comparison (from `experiment/`)",
         body.strip(),
         "",
