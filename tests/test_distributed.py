@@ -268,3 +268,29 @@ def test_batch_size_must_divide_among_processes(tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert "batch_size=15" in res.stdout + res.stderr and "use 14 or 16" in res.stdout + res.stderr
+
+
+R29 = {"backbone": {"name": "dlib_r29", "options": {"pretrained": False, "input_size": 112}},
+       "head": {"name": "arcface", "options": {}}, "lr": 0.01}
+
+
+def test_ddp_fine_tunes_dlib_r29_as_one_process(tmp_path):
+    """The pretrained-recogniser backbone (no BatchNorm; per-channel scale
+    layers) under torchrun with the margin loss: the same weights as one
+    process, within the tolerances above."""
+    from c4s_core.plugins import set_registries
+
+    set_registries(None)
+    one = tmp_path / "one"
+    s1 = tm.run(validate(tm.Config, {**TINY, **R29, "out": str(one)}, "test config"), progress=False)
+    s2 = _torchrun(tmp_path, 2, tmp_path / "two", **R29)
+    assert s2["world_size"] == 2
+    wa, wb = _weights(one), _weights(tmp_path / "two")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=0.0, atol=W_ATOL, msg=lambda m, k=k: f"{k}: {m}")
+    assert [h["loss"] for h in s2["history"]] == pytest.approx([h["loss"] for h in s1["history"]], rel=1e-5)
+
+
+def test_pairs_loss_under_torchrun_is_refused_clearly(tmp_path):
+    with pytest.raises(AssertionError, match="runs in one process for now"):
+        _torchrun(tmp_path, 2, tmp_path / "p", **R29, loss="pairs")
