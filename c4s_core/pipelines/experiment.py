@@ -599,7 +599,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         hist = s.get("history") or []
         train_summaries[arm]["final_loss"] = hist[-1]["loss"] if hist else None
         state = mdir / "last" / "state.json"  # the optimizer steps actually taken
-        train_summaries[arm]["optimizer_steps"] = json.loads(state.read_text()).get("step") if state.is_file() else None
+        doc = json.loads(state.read_text()) if state.is_file() else {}
+        train_summaries[arm]["optimizer_steps"] = doc.get("state", doc).get("step")  # hashed or older layout
 
     # 5. evaluation: baselines first (the first one is each arm's report.md comparison)
     probes = cfg.evaluation.protocols
