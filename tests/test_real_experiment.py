@@ -37,7 +37,8 @@ def shrink(cfg: ex.Config, out: Path) -> ex.Config:
     d["gan"]["options"].update(preset="tiny", size=32, device="cpu")
     d["procedural"]["options"]["size"] = 32
     d["generator_options"].update(batch_size=4, checkpoint_every=0, condition_size=32)
-    d["matcher"]["backbone"]["options"].update(widths=[8, 8, 16, 16], input_size=32, embedding_dim=16)
+    # the pretrained network at its smallest input, from a random start (tests have no weights)
+    d["matcher"]["backbone"]["options"].update(pretrained=False, input_size=112)
     d["matcher"].update(epochs=2, batch_size=8, images_per_epoch=40, threads=1)
     d["sampler"]["options"]["steps"] = 2
     baselines = [b for b in d["evaluation"]["baselines"] if b != "dlib_resnet" or importlib.util.find_spec("dlib")]
@@ -69,6 +70,8 @@ def test_shipped_config_is_the_issue_12_design():
     assert cfg.new_identities.options["limit"] >= 2000 and cfg.distractors.options["limit"] >= 1000
     assert set(cfg.styles) == {"cufs", "fs2k_0", "fs2k_1", "fs2k_2"} and cfg.styles_per_identity == 2
     assert cfg.prealign is not None and cfg.prealign.name == "dlib"
+    # every arm fine-tunes the pretrained recogniser (issue 17)
+    assert cfg.matcher.backbone.name == "dlib_r29" and cfg.matcher.options["loss"] == "pairs"
 
 
 def test_tiny_run_of_the_shipped_config(run):
