@@ -128,6 +128,8 @@ def describe(kind, name):
     schema = e.config_cls.model_json_schema()
     props = schema.get("properties", {})
     fields = e.config_cls.model_fields
+    from pydantic import TypeAdapter
+
     click.echo("options:" if props else "options: none")
     for key, p in props.items():
         typ = p.get("type") or "|".join(x.get("type", "?") for x in p.get("anyOf", [])) or "object"
@@ -135,8 +137,6 @@ def describe(kind, name):
         if field is not None and field.is_required():
             shown = "required"
         elif field is not None:  # the schema leaves out defaults made by a default_factory
-            from pydantic import TypeAdapter
-
             value = field.get_default(call_default_factory=True)
             shown = "default " + json.dumps(TypeAdapter(Any).dump_python(value, mode="json"))
         else:

