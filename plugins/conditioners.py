@@ -61,6 +61,40 @@ def _check_photos(photos, what: str) -> list[np.ndarray]:
     return out
 
 
+def _photo_batch(photos, what: str, square: bool = False):
+    """Checked photos (centre-cropped to squares with ``square``) as one float
+    ``[B, 3, H, W]`` tensor of 0-255 values."""
+    import torch
+
+    ims = _check_photos(photos, what)
+    if square:
+        ims = [_square(p) for p in ims]
+    return torch.stack([torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1) for p in ims]).float()
+
+
+class _FrozenPhotoTower:
+    """The encode path of a conditioner on a frozen torch tower over photos: no
+    photos, no tokens; else ``tokens(preprocess(photos))`` without gradient."""
+
+    num_tokens: int
+    dim: int
+
+    def preprocess(self, photos):
+        raise NotImplementedError
+
+    def tokens(self, x):
+        raise NotImplementedError
+
+    def encode(self, photos, styles=None):
+        """``[B, num_tokens, dim]`` float32 on the CPU; styles are ignored."""
+        import torch
+
+        if len(photos) == 0:
+            return torch.zeros(0, self.num_tokens, self.dim)
+        with torch.no_grad():
+            return self.tokens(self.preprocess(photos))
+
+
 # -- open_clip ------------------------------------------------------------------------
 
 
@@ -175,7 +209,7 @@ class ClipImageConfig(OpenClipConfig):
     )
 
 
-class ClipImageConditioner:
+class ClipImageConditioner(_FrozenPhotoTower):
     """Frozen open_clip image tower on the reference photo: pooled embedding or patch tokens."""
 
     name = "clip_image"
@@ -210,22 +244,15 @@ class ClipImageConditioner:
         self.identity = _identity_string(self.name, config, weights, {"device"})
 
     def preprocess(self, photos):
-        import torch
         import torch.nn.functional as F
 
-        x = torch.stack([torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1) for p in
-                         [_square(p) for p in _check_photos(photos, "conditioner 'clip_image'")]]).float() / 255.0
+        x = _photo_batch(photos, "conditioner 'clip_image'", square=True) / 255.0
         x = F.interpolate(x, size=self.image_size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         return ((x - self._mean) / self._std).to(self.config.device)
 
-    def encode(self, photos, styles=None):
-        """``[B, 1, embed_dim]`` (pooled) or ``[B, patches, width]``; styles are ignored."""
-        import torch
-
-        if len(photos) == 0:
-            return torch.zeros(0, self.num_tokens, self.dim)
-        with torch.no_grad():
-            out = self.visual(self.preprocess(photos))
+    def tokens(self, x):
+        """``[B, 1, embed_dim]`` (pooled) or ``[B, patches, width]``."""
+        out = self.visual(x)
         if self.config.tokens == "patches":
             out = out[1]
         else:
@@ -340,7 +367,7 @@ class AdaFaceIdConfig(ComponentConfig):
     device: str = Field("cpu", description="Torch device of the encoder.")
 
 
-class AdaFaceIdConditioner:
+class AdaFaceIdConditioner(_FrozenPhotoTower):
     """Frozen AdaFace/IR identity embedding (512-d), optionally with its 7x7 feature map."""
 
     name = "adaface_id"
@@ -401,34 +428,29 @@ class AdaFaceIdConditioner:
         self.identity = _identity_string(self.name, config, weights_hash, {"device", "weights"})
 
     def preprocess(self, photos):
-        import torch
         import torch.nn.functional as F
 
-        ims = _check_photos(photos, "conditioner 'adaface_id'")
-        x = torch.stack([torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1) for p in ims]).float()
+        x = _photo_batch(photos, "conditioner 'adaface_id'")
         if x.shape[-2:] != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", antialias=True, align_corners=False)
         if self.color_order == "BGR":
             x = x.flip(1)
         return ((x / 255.0 - 0.5) / 0.5).to(self.config.device)
 
-    def encode(self, photos, styles=None):
+    def tokens(self, x):
         """``[B, 1, 512]`` normalised embedding, or ``[B, 50, 512]`` with the 49 map tokens."""
         import torch
         import torch.nn.functional as F
 
-        if len(photos) == 0:
-            return torch.zeros(0, self.num_tokens, self.dim)
-        with torch.no_grad():
-            out = self.model(self.preprocess(photos))
-            emb = out[0] if isinstance(out, (tuple, list)) else out
-            emb = F.normalize(emb.float(), dim=-1).unsqueeze(1)
-            if self.config.tokens == "embedding":
-                return emb.cpu()
-            fmap = self._fmap.float()  # [B, C, 7, 7]
-            if fmap.shape[1] != self.dim:
-                raise C4SError(f"conditioner 'adaface_id': feature map has {fmap.shape[1]} channels, expected {self.dim}")
-            return torch.cat([emb, fmap.flatten(2).transpose(1, 2)], 1).cpu()
+        out = self.model(x)
+        emb = out[0] if isinstance(out, (tuple, list)) else out
+        emb = F.normalize(emb.float(), dim=-1).unsqueeze(1)
+        if self.config.tokens == "embedding":
+            return emb.cpu()
+        fmap = self._fmap.float()  # [B, C, 7, 7]
+        if fmap.shape[1] != self.dim:
+            raise C4SError(f"conditioner 'adaface_id': feature map has {fmap.shape[1]} channels, expected {self.dim}")
+        return torch.cat([emb, fmap.flatten(2).transpose(1, 2)], 1).cpu()
 
 
 class PhotoPatchesConfig(ComponentConfig):

@@ -13,10 +13,10 @@ Render the docs figure with ``python -m c4s_plugins.styles docs/styles.png``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
 from c4s_core import ComponentConfig, hookimpl
 from c4s_core.styles import SketchStyle
@@ -178,6 +178,14 @@ class Edges(SketchStyle):
 # -- named styles: prompts for the generator, renderers where one fits -------------
 
 
+def _restyled(base: type[ComponentConfig], doc: str | None = None, **defaults: Any) -> type[ComponentConfig]:
+    """A ``Config`` like the renderer's ``base`` whose fields ``defaults`` start
+    elsewhere; each keeps its type, range and description."""
+    fields: dict[str, Any] = {name: (Annotated[base.model_fields[name].annotation, base.model_fields[name]], value)
+                              for name, value in defaults.items()}
+    return create_model("Config", __base__=base, __doc__=doc, __module__=__name__, **fields)
+
+
 class Pencil(PencilDodge):
     """Graphite pencil sketch, as drawn by a police artist."""
 
@@ -199,16 +207,7 @@ class Charcoal(PencilDodge):
         "a charcoal drawing of a face on textured paper",
     )
 
-    class Config(PencilDodge.Config):
-        sigma: float = Field(
-            12.0, gt=0, le=100, description="Blur std. dev. (pixels) of the inverted image; (0, 100]. Larger gives broader strokes."
-        )
-        gamma: float = Field(
-            3.0, ge=0.1, le=10, description="Stroke darkening exponent applied after the dodge; [0.1, 10]. 1 is the plain dodge."
-        )
-        smooth: float = Field(
-            1.0, ge=0, le=10, description="Std. dev. (pixels) of a final smudge blur; [0, 10]. 0 is off."
-        )
+    Config = _restyled(PencilDodge.Config, sigma=12.0, gamma=3.0, smooth=1.0)
 
 
 class LineDrawing(XDoG):
@@ -220,21 +219,8 @@ class LineDrawing(XDoG):
         "a minimal ink line art portrait, outlines only, white background",
     )
 
-    class Config(XDoG.Config):
-        """XDoG with strong sharpening and a threshold near black, so only edges ink."""
-
-        sigma: float = Field(
-            1.0, gt=0, le=20, description="Std. dev. (pixels) of the inner Gaussian G_sigma; (0, 20]."
-        )
-        p: float = Field(
-            80.0, ge=0, le=200, description="Edge sharpening strength p; [0, 200]. 0 gives a blurred tone map."
-        )
-        epsilon: float = Field(
-            0.0, ge=-1, le=2, description="Threshold on S (luminance units): darker becomes ink; [-1, 2]."
-        )
-        phi: float = Field(
-            50.0, gt=0, le=1000, description="Steepness of the tanh ramp below epsilon; (0, 1000]. Large is binary."
-        )
+    Config = _restyled(XDoG.Config, "XDoG with strong sharpening and a threshold near black, so only edges ink.",
+                       sigma=1.0, p=80.0, epsilon=0.0, phi=50.0)
 
 
 class ForensicComposite(SketchStyle):

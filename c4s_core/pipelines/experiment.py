@@ -50,13 +50,16 @@ finished: its summary, config hash, seconds and peak memory), ``results.json``,
 CMC panel per protocol).
 ``--resume`` skips finished stages and continues unfinished trainings from
 their checkpoints.
+
+This module holds the settings and the run; its parts live beside it:
+``experiment_data`` (split and identity checks), ``experiment_stages`` (each
+stage's config, its hash, the budget), ``experiment_protocols`` and
+``experiment_report`` (metrics, verdicts, ``report.md``, ``cmc.png``).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +67,17 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import C4SModel, ComponentSpec
 from .evaluate import Perturb
+from .experiment_data import _prealign, _prepare_data
+from .experiment_protocols import _PROTOCOL, PROTOCOLS, Protocol
+from .experiment_report import _metrics, _plot, _report, _verdicts
+from .experiment_stages import (
+    _budget,
+    _evaluate_config,
+    _generate_config,
+    _generator_config,
+    _matcher_config,
+    _stage_hash,
+)
 
 ARMS = ("real", "diffusion", "gan", "procedural")
 Arm = Literal["real", "diffusion", "gan", "procedural"]
@@ -71,8 +85,6 @@ Arm = Literal["real", "diffusion", "gan", "procedural"]
 _GEN_OWN = {"dataset", "generator", "steps", "out", "resume", "seed", "aligner", "stop_after"}
 _MATCHER_OWN = {"data", "aligner", "backbone", "head", "epochs", "batch_size", "lr", "device", "threads",
                 "out", "resume", "seed", "val_fraction", "stop_after"}
-METRICS = (("rank-1", ("rank", "1")), ("rank-10", ("rank", "10")),
-           ("TAR@FAR=1e-2", ("tar_at_far", "1e-02")), ("AUC", ("auc",)))
 
 
 def _synth(seed: int, prefix: str, n: int, sketches: int, size: int = 64, styles=("pencil",)) -> ComponentSpec:
@@ -125,13 +137,6 @@ class MatcherSettings(C4SModel):
         from .train_matcher import Config as TM
 
         return _pass_through(v, "matcher.options", _MATCHER_OWN, TM, "train-matcher")
-
-
-PROTOCOLS = ("aligned", "perturbed", "distractors", "forensic")
-Protocol = Literal["aligned", "perturbed", "distractors", "forensic"]
-# protocol -> (probes perturbed, gallery enlarged with the distractors)
-_PROTOCOL = {"aligned": (False, False), "perturbed": (True, False), "distractors": (False, True),
-             "forensic": (True, True)}
 
 
 class Evaluation(C4SModel):
@@ -280,211 +285,6 @@ class Config(C4SModel):
             except C4SError as err:
                 raise ValueError(f"{arm}: {err}") from None
         return self
-
-
-# -- stage configs -----------------------------------------------------------------------
-
-
-def _generator_config(cfg: Config, arm: str, out: Path, train_spec: dict | None = None):
-    """train-generator's config: the generator learns from the real training pairs
-    only (``train_spec``: the split's train manifest), never from the test split."""
-    from .train_generator import Config as TG
-
-    return TG.model_validate({
-        **cfg.generator_options, "dataset": train_spec or cfg.train.model_dump(), "generator": getattr(cfg, arm).model_dump(),
-        "steps": cfg.diffusion_steps if arm == "diffusion" else cfg.gan_steps, "aligner": cfg.generator_aligner,
-        "seed": cfg.seed, "out": out,
-    })
-
-
-def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path):
-    from .generate import Config as G
-
-    csize = cfg.generator_options.get("condition_size", 112)
-    return G(
-        checkpoint=checkpoint, generator=cfg.procedural if arm == "procedural" else ComponentSpec(name="procedural"),
-        dataset=cfg.new_identities, num_identities=cfg.new_limit,
-        styles=cfg.procedural_styles or cfg.styles if arm == "procedural" else cfg.styles,
-        num_per_style=cfg.num_per_style, styles_per_identity=cfg.styles_per_identity, sampler=cfg.sampler, guidance=cfg.guidance, seed=cfg.seed,
-        batch_size=cfg.generate_batch_size, aligner=cfg.generator_aligner, condition_size=csize,
-        similarity=False, out=out,
-    )
-
-
-def _stage_hash(stage_cfg, out: Path | None = None) -> str:
-    """Hash of a stage's settings. Paths inside the experiment folder ``out`` are
-    hashed relative to it, so a copied or moved experiment resumes there: copy a
-    finished one, change the matcher settings, and only the matcher and
-    evaluation stages run again. ``out=None``: the raw settings (stage.json
-    files written before relative hashing; upgraded when they match)."""
-    import hashlib
-
-    data = json.loads(stage_cfg.model_dump_json(exclude={"resume", "stop_after"}))
-    text = json.dumps(data, sort_keys=True, default=str)
-    if out is not None:  # the absolute form first: the relative one is a substring of it
-        for root in dict.fromkeys((str(out.resolve()), str(out))):
-            text = re.sub(re.escape(root) + r"(?=[/\\\"]|$)", "<out>", text)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# -- data -----------------------------------------------------------------------------------
-
-
-def _identities(ds, modality: str | None = None) -> set[str]:
-    refs = getattr(ds, "refs", None)
-    if refs is None:
-        return {ds[i].identity for i in range(len(ds)) if modality is None or ds[i].modality == modality}
-    if modality is None and hasattr(ds, "identities"):
-        return set(ds.identities())
-    return {r.identity for r in refs if modality is None or r.modality == modality}
-
-
-def _materialize(ds, keep: set[str], folder: Path, manifest: Path) -> int:
-    """Write a manifest of the samples of ``keep`` (files by absolute path; samples
-    without a file, such as synthfaces, rendered into ``folder``)."""
-    from ..data.io import save_image
-    from ..data.manifest import write_manifest
-
-    recs, shots = [], {}
-    refs = getattr(ds, "refs", None)
-    for i in range(len(ds)):
-        r = refs[i] if refs is not None else ds[i]
-        if r.identity not in keep:
-            continue
-        path = getattr(r, "path", None)
-        if path and Path(path).is_file():
-            p = str(Path(path).resolve())
-        else:
-            s = ds[i]
-            k = shots[(s.identity, s.modality)] = shots.get((s.identity, s.modality), -1) + 1
-            rel = Path(folder.name) / s.identity / f"{s.modality}_{k}.png"
-            save_image(manifest.parent / rel, s.image)
-            p = str(rel)
-        recs.append({"path": p, "identity": r.identity, "modality": r.modality, "style": r.style})
-    write_manifest(manifest, recs)
-    return len(recs)
-
-
-def _prealign(cfg: Config, folder: Path, stage) -> Config:
-    """Align each dataset once (resumable stages); the config with manifest specs in their place."""
-    from . import align
-
-    update = {}
-    for key in ("train", "test", "new_identities", "distractors"):
-        spec = getattr(cfg, key)
-        if spec is None or (key == "new_identities" and all(a == "real" for a in cfg.arms)):
-            continue
-        adir = folder / f"aligned-{key.replace('_', '-')}"
-        ac = align.Config(input=spec, aligner=cfg.prealign, out=adir, batch_size=cfg.evaluation.batch_size)
-        stage(f"align ({key})", adir, ac, align.run)
-        update[key] = ComponentSpec(name="manifest", options={"path": str((adir / "manifest.jsonl").resolve())})
-    return cfg.model_copy(update=update)
-
-
-def _prepare_data(cfg: Config, folder: Path, say) -> dict[str, Any]:
-    """Split (if asked), check identity disjointness, count images; returns specs and counts."""
-    import numpy as np
-
-    from ..errors import ConfigError, DataError
-    from ..plugins import get_registries
-
-    regs = get_registries()
-    train_ds = regs.dataset.build(cfg.train)
-    train_spec, test_spec = cfg.train, cfg.test
-    split = None
-    if cfg.test is None:
-        both = sorted(_identities(train_ds, "photo") & _identities(train_ds, "sketch"))
-        n_test = max(2, int(round(cfg.test_fraction * len(both))))
-        if n_test > len(both) - 2:
-            raise DataError(f"train {cfg.train.name!r} has {len(both)} identities with a photo and a sketch: too few to "
-                            f"hold out test_fraction={cfg.test_fraction} and still train; give a test dataset")
-        rng = np.random.default_rng([cfg.seed, 0x7E57])
-        test_ids = set(rng.permutation(np.array(both, dtype=object))[:n_test].tolist())
-        train_ids = _identities(train_ds) - test_ids
-        folder.mkdir(parents=True, exist_ok=True)
-        n_tr = _materialize(train_ds, train_ids, folder / "train", folder / "train.jsonl")
-        n_te = _materialize(train_ds, test_ids, folder / "test", folder / "test.jsonl")
-        train_spec = ComponentSpec(name="manifest", options={"path": str((folder / "train.jsonl").resolve())})
-        test_spec = ComponentSpec(name="manifest", options={"path": str((folder / "test.jsonl").resolve())})
-        split = {"from": cfg.train.model_dump(), "test_fraction": cfg.test_fraction, "train_identities": len(train_ids),
-                 "test_identities": len(test_ids), "train_images": n_tr, "test_images": n_te}
-        say(f"held out {len(test_ids)} of {len(both)} train identities as the test split")
-        train_ds = regs.dataset.build(train_spec)
-    test_ds = regs.dataset.build(test_spec)
-    sets = {"train": _identities(train_ds), "test": _identities(test_ds)}
-    if any(a != "real" for a in cfg.arms):
-        new_ids = sorted(_identities(regs.dataset.build(cfg.new_identities), "photo"))
-        sets["new_identities"] = set(new_ids[: cfg.new_limit] if cfg.new_limit else new_ids)
-    if cfg.distractors is not None:
-        sets["distractors"] = _identities(regs.dataset.build(cfg.distractors))
-    for a, b in (("train", "test"), ("new_identities", "test"), ("distractors", "test"), ("train", "new_identities")):
-        if a in sets and b in sets and sets[a] & sets[b]:
-            both = sorted(sets[a] & sets[b])
-            raise ConfigError(
-                f"{a} and {b} share {len(both)} identity name(s), e.g. {', '.join(both[:3])}: the experiment needs "
-                f"disjoint people. Give {b} other people (synthfaces: another seed and prefix), or set test: null to "
-                "carve a disjoint test split out of train (test_fraction)")
-    if not _identities(test_ds, "sketch") or not _identities(test_ds, "photo"):
-        raise DataError(f"test dataset {test_spec.name!r} needs sketches (probes) and photos (gallery)")
-    n_real = len(train_ds)
-    return {"train": train_spec.model_dump(), "test": test_spec.model_dump(), "split": split,
-            "identities": {k: len(v) for k, v in sets.items()}, "train_images": n_real}
-
-
-# -- the budget --------------------------------------------------------------------------
-
-
-def _budget(cfg: Config, n_real: int, n_synth: dict[str, int]) -> dict[str, Any]:
-    """Per arm, the train-matcher ratio of each source, so that every arm sees
-    ``images_per_epoch`` images per epoch (hence the same optimizer steps)."""
-    from ..errors import ConfigError
-
-    ipe = cfg.matcher.images_per_epoch or max([n_real] + [n_real + n for n in n_synth.values()])
-    plan: dict[str, Any] = {}
-    for arm in cfg.arms:
-        if arm == "real":
-            real = ipe
-        else:
-            share = cfg.matcher.real_share if cfg.matcher.real_share is not None else n_real / (n_real + n_synth[arm])
-            real = int(round(share * ipe))
-        syn = ipe - real
-        ratios = [real / n_real] + ([syn / n_synth[arm]] if arm != "real" else [])
-        if arm != "real" and (real < 1 or syn < 1):
-            raise ConfigError(f"arm {arm!r}: images_per_epoch={ipe} with real_share leaves {real} real and {syn} "
-                              "synthetic images per epoch; raise images_per_epoch or change real_share")
-        if max(ratios) > 100:
-            raise ConfigError(f"arm {arm!r}: images_per_epoch={ipe} repeats a source {max(ratios):.1f} times per epoch "
-                              "(train-matcher allows 100); lower matcher.images_per_epoch")
-        plan[arm] = {"real_images": real, "synthetic_images": syn, "ratios": ratios}
-    steps = cfg.matcher.epochs * math.ceil(ipe / cfg.matcher.batch_size)
-    return {"images_per_epoch": ipe, "steps": steps, "arms": plan}
-
-
-def _matcher_config(cfg: Config, arm: str, train_spec: dict, gen_manifest: Path | None, ratios: list[float], out: Path):
-    from .train_matcher import Config as TM
-
-    data = [{"dataset": train_spec, "ratio": ratios[0]}]
-    if gen_manifest is not None:
-        data.append({"dataset": {"name": "manifest", "options": {"path": str(gen_manifest.resolve())}},
-                     "ratio": ratios[1]})
-    m = cfg.matcher
-    return TM.model_validate({
-        **m.options, "data": data, "aligner": cfg.aligner, "backbone": m.backbone, "head": m.head,
-        "epochs": m.epochs, "batch_size": m.batch_size, "lr": m.lr, "device": m.device, "threads": m.threads,
-        "val_fraction": 0.0, "seed": cfg.seed, "out": out,
-    })
-
-
-def _evaluate_config(cfg: Config, test_spec: dict, backbone: ComponentSpec, protocol: str,
-                     baseline: Path | None, out: Path):
-    from .evaluate import Config as E
-
-    ev = cfg.evaluation
-    perturbed, enlarged = _PROTOCOL[protocol]
-    return E(probes=test_spec, gallery=test_spec, distractors=cfg.distractors if enlarged else None,
-             backbone=backbone, aligner=cfg.aligner, perturb=ev.perturb if perturbed else None,
-             grayscale=ev.grayscale, batch_size=ev.batch_size, subset_pattern=ev.subset_pattern, worst=ev.worst,
-             baseline=baseline, out=out)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -637,134 +437,3 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     (out / "report.md").write_text(_report(cfg, results))
     say(f"report: {out / 'report.md'}")
     return results
-
-
-def _metrics(rep: dict[str, Any]) -> dict[str, float | None]:
-    m = {}
-    for label, keys in METRICS:
-        v: Any = rep
-        for k in keys:
-            v = v.get(k) if isinstance(v, dict) else None
-        m[label] = v
-    return m
-
-
-def _cmp(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str]:
-    """(verdict, figures) of report a against report b: rank-1 decides, then AUC, then
-    TAR at the smallest FAR (report.compare_sentence)."""
-    from ..report import compare_sentence
-
-    verdict, _ = compare_sentence(a, b)
-    f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    return verdict, f"rank-1 {f(a['rank'].get('1'))} vs {f(b['rank'].get('1'))}, AUC {f(a.get('auc'))} vs {f(b.get('auc'))}"
-
-
-def _verdicts(arms: list[str], baselines: list[str], reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for arm in arms:
-        v: dict[str, Any] = {}
-        for other in [*baselines, "real"]:
-            if other not in reports or other == arm:
-                continue
-            v[other] = {p: dict(zip(("verdict", "figures"), _cmp(reports[arm][p], reports[other][p]), strict=True))
-                        for p in reports[arm]}
-        out[arm] = v
-    return out
-
-
-def _label(name: str) -> str:
-    return {"hog": "HOG", "dlib_resnet": "dlib ResNet", "real": "real-only"}.get(name, name)
-
-
-def _sentence(arm: str, v: dict[str, Any]) -> str:
-    parts = ["; ".join(f"{d['verdict']} {_label(other)} on {p} probes ({d['figures']})" for p, d in by.items())
-             for other, by in v.items()]
-    if not parts:
-        return f"- **{arm}**: nothing to compare with."
-    return f"- **{arm}** " + "; it ".join(parts) + "."
-
-
-COLOURS = {"real": "tab:blue", "diffusion": "tab:red", "gan": "tab:green", "procedural": "tab:orange",
-           "hog": "black", "dlib_resnet": "tab:gray"}
-
-
-def _plot(reports: dict[str, dict[str, Any]], path: Path, max_rank: int = 50) -> None:
-    """One CMC panel per protocol, every arm and baseline on each."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    protocols = list(dict.fromkeys(p for by in reports.values() for p in by))
-    fig = Figure(figsize=(4.2 * len(protocols), 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(protocols), squeeze=False)[0]
-    for ax, p in zip(axes, protocols, strict=True):
-        for name, by in reports.items():
-            curve = (by.get(p) or {}).get("cmc") or []
-            n = min(len(curve), max_rank)
-            if n:
-                base = name in ("hog", "dlib_resnet") or name not in COLOURS
-                ax.plot(range(1, n + 1), curve[:n], color=COLOURS.get(name), ls="--" if base else "-",
-                        lw=1.2 if base else 1.8, label=_label(name))
-        ax.set_title(p)
-        ax.set_xlabel("rank")
-        ax.set_ylim(0, 1.02)
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("identification rate")
-    axes[-1].legend(loc="lower right", fontsize=8)
-    fig.suptitle("CMC: same matcher, same budget, same held-out identities")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
-
-
-_PROTOCOL_TEXT = {
-    "aligned": "probes as drawn (after alignment)",
-    "perturbed": "probes shifted, scaled and rotated a little after alignment (forensic sketches are never "
-                 "pixel-aligned with their photos)",
-    "distractors": "probes as drawn; gallery enlarged with the distractor photos",
-    "forensic": "perturbed probes against the gallery enlarged with the distractor photos",
-}
-
-
-def _report(cfg: Config, res: dict[str, Any]) -> str:
-    probes, budget, data = res["probes"], res["budget"], res["data"]
-    labels = [m for m, _ in METRICS]
-    ev = cfg.evaluation
-    L = ["# c4s experiment", "",
-         "Same matcher, same budget, same test split; arms differ only in the training data.", "",
-         f"Train: {data['identities']['train']} real identities ({data['train_images']} images); "
-         f"test: {data['identities']['test']} identities"
-         + (f" (held out from train, test_fraction={cfg.test_fraction})" if data["split"] else "")
-         + (f", plus {data['identities'].get('distractors')} distractor identities" if cfg.distractors else "")
-         + (f"; new identities drawn: {data['identities'].get('new_identities')}" if "new_identities" in data["identities"] else "")
-         + f". Budget: {budget['images_per_epoch']} images per epoch x {cfg.matcher.epochs} epochs = "
-         f"{budget['steps']} optimizer steps per arm (batch {cfg.matcher.batch_size})."
-         + (" All images grey." if ev.grayscale else ""), ""]
-    names = list(cfg.arms) + [b for b in ev.baselines if b in res["metrics"]]
-    for p in probes:
-        c = res["counts"].get(p, {})
-        L += [f"## {p}", "", f"{_PROTOCOL_TEXT[p]}; {c.get('probes_used')} probes, "
-              f"{c.get('gallery_identities')} gallery identities.", "",
-              "| matcher | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-        for name in names:
-            by = res["metrics"][name].get(p, {})
-            cells = ["–" if by.get(m) is None else f"{by[m]:.3f}" for m in labels]
-            shown = f"{_label(name)} (no training on sketches)" if name in ev.baselines else name
-            L.append(f"| {shown} | " + " | ".join(cells) + " |")
-        L.append("")
-    L += ["## Verdicts", ""]
-    L += [_sentence(arm, res["verdicts"][arm]) for arm in cfg.arms]
-    for b in ev.baselines:
-        learnt = [a for a in cfg.arms if b in res["verdicts"][a]]
-        losers = [a for a in learnt if any(d["verdict"] != "beats" for d in res["verdicts"][a][b].values())]
-        if learnt and len(losers) == len(learnt):
-            L += ["", f"**No learnt matcher beats {_label(b)} on every protocol.** A learnt matcher must be shown "
-                  "against the training-free baselines."]
-        elif losers:
-            L += ["", f"**Not beating {_label(b)} on every protocol: {', '.join(losers)}.**"]
-    L += ["", "## CMC", "", "![CMC](cmc.png)", "",
-          "Each stage's folder (`01-data`, `02-generator-*`, `03-generated-*`, `04-matcher-*`, `05-evaluate-*`) "
-          "holds its `config.yaml` and `stage.json` (seconds, peak memory); each evaluation has its own report.md "
-          "with ROC, score histograms and worst failures.", ""]
-    return "\n".join(L)

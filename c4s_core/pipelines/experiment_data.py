@@ -1,0 +1,113 @@
+"""The experiment's data stage: prealignment, the identity-disjoint test split
+(manifests in ``01-data/``), identity checks and image counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import ComponentSpec
+
+if TYPE_CHECKING:
+    from .experiment import Config
+
+
+def _identities(ds, modality: str | None = None) -> set[str]:
+    refs = getattr(ds, "refs", None)
+    if refs is None:
+        return {ds[i].identity for i in range(len(ds)) if modality is None or ds[i].modality == modality}
+    if modality is None and hasattr(ds, "identities"):
+        return set(ds.identities())
+    return {r.identity for r in refs if modality is None or r.modality == modality}
+
+
+def _materialize(ds, keep: set[str], folder: Path, manifest: Path) -> int:
+    """Write a manifest of the samples of ``keep`` (files by absolute path; samples
+    without a file, such as synthfaces, rendered into ``folder``)."""
+    from ..data.io import save_image
+    from ..data.manifest import write_manifest
+
+    recs, shots = [], {}
+    refs = getattr(ds, "refs", None)
+    for i in range(len(ds)):
+        r = refs[i] if refs is not None else ds[i]
+        if r.identity not in keep:
+            continue
+        path = getattr(r, "path", None)
+        if path and Path(path).is_file():
+            p = str(Path(path).resolve())
+        else:
+            s = ds[i]
+            k = shots[(s.identity, s.modality)] = shots.get((s.identity, s.modality), -1) + 1
+            rel = Path(folder.name) / s.identity / f"{s.modality}_{k}.png"
+            save_image(manifest.parent / rel, s.image)
+            p = str(rel)
+        recs.append({"path": p, "identity": r.identity, "modality": r.modality, "style": r.style})
+    write_manifest(manifest, recs)
+    return len(recs)
+
+
+def _prealign(cfg: Config, folder: Path, stage) -> Config:
+    """Align each dataset once (resumable stages); the config with manifest specs in their place."""
+    from . import align
+
+    update = {}
+    for key in ("train", "test", "new_identities", "distractors"):
+        spec = getattr(cfg, key)
+        if spec is None or (key == "new_identities" and all(a == "real" for a in cfg.arms)):
+            continue
+        adir = folder / f"aligned-{key.replace('_', '-')}"
+        ac = align.Config(input=spec, aligner=cfg.prealign, out=adir, batch_size=cfg.evaluation.batch_size)
+        stage(f"align ({key})", adir, ac, align.run)
+        update[key] = ComponentSpec(name="manifest", options={"path": str((adir / "manifest.jsonl").resolve())})
+    return cfg.model_copy(update=update)
+
+
+def _prepare_data(cfg: Config, folder: Path, say) -> dict[str, Any]:
+    """Split (if asked), check identity disjointness, count images; returns specs and counts."""
+    import numpy as np
+
+    from ..errors import ConfigError, DataError
+    from ..plugins import get_registries
+
+    regs = get_registries()
+    train_ds = regs.dataset.build(cfg.train)
+    train_spec, test_spec = cfg.train, cfg.test
+    split = None
+    if cfg.test is None:
+        both = sorted(_identities(train_ds, "photo") & _identities(train_ds, "sketch"))
+        n_test = max(2, int(round(cfg.test_fraction * len(both))))
+        if n_test > len(both) - 2:
+            raise DataError(f"train {cfg.train.name!r} has {len(both)} identities with a photo and a sketch: too few to "
+                            f"hold out test_fraction={cfg.test_fraction} and still train; give a test dataset")
+        rng = np.random.default_rng([cfg.seed, 0x7E57])
+        test_ids = set(rng.permutation(np.array(both, dtype=object))[:n_test].tolist())
+        train_ids = _identities(train_ds) - test_ids
+        folder.mkdir(parents=True, exist_ok=True)
+        n_tr = _materialize(train_ds, train_ids, folder / "train", folder / "train.jsonl")
+        n_te = _materialize(train_ds, test_ids, folder / "test", folder / "test.jsonl")
+        train_spec = ComponentSpec(name="manifest", options={"path": str((folder / "train.jsonl").resolve())})
+        test_spec = ComponentSpec(name="manifest", options={"path": str((folder / "test.jsonl").resolve())})
+        split = {"from": cfg.train.model_dump(), "test_fraction": cfg.test_fraction, "train_identities": len(train_ids),
+                 "test_identities": len(test_ids), "train_images": n_tr, "test_images": n_te}
+        say(f"held out {len(test_ids)} of {len(both)} train identities as the test split")
+        train_ds = regs.dataset.build(train_spec)
+    test_ds = regs.dataset.build(test_spec)
+    sets = {"train": _identities(train_ds), "test": _identities(test_ds)}
+    if any(a != "real" for a in cfg.arms):
+        new_ids = sorted(_identities(regs.dataset.build(cfg.new_identities), "photo"))
+        sets["new_identities"] = set(new_ids[: cfg.new_limit] if cfg.new_limit else new_ids)
+    if cfg.distractors is not None:
+        sets["distractors"] = _identities(regs.dataset.build(cfg.distractors))
+    for a, b in (("train", "test"), ("new_identities", "test"), ("distractors", "test"), ("train", "new_identities")):
+        if a in sets and b in sets and sets[a] & sets[b]:
+            both = sorted(sets[a] & sets[b])
+            raise ConfigError(
+                f"{a} and {b} share {len(both)} identity name(s), e.g. {', '.join(both[:3])}: the experiment needs "
+                f"disjoint people. Give {b} other people (synthfaces: another seed and prefix), or set test: null to "
+                "carve a disjoint test split out of train (test_fraction)")
+    if not _identities(test_ds, "sketch") or not _identities(test_ds, "photo"):
+        raise DataError(f"test dataset {test_spec.name!r} needs sketches (probes) and photos (gallery)")
+    n_real = len(train_ds)
+    return {"train": train_spec.model_dump(), "test": test_spec.model_dump(), "split": split,
+            "identities": {k: len(v) for k, v in sets.items()}, "train_images": n_real}
