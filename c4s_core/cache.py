@@ -125,6 +125,14 @@ def conditioner_identity(cond: Any) -> str:
     return str(ident)
 
 
+def condition_shape(cond: Any) -> tuple[int, ...]:
+    """Per-item shape of a conditioner's output: ``(num_tokens, dim)`` for token
+    conditioners, ``(channels, size, size)`` for ``kind = "spatial"`` ones."""
+    if getattr(cond, "kind", "tokens") == "spatial":
+        return (int(cond.channels), int(cond.size), int(cond.size))
+    return (int(cond.num_tokens), int(cond.dim))
+
+
 def encode_cached(
     cond: Any,
     photos: Sequence[np.ndarray],
@@ -132,7 +140,7 @@ def encode_cached(
     cache: EmbeddingCache | None,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """``cond.encode(photos, styles)`` as float32 ``[B, num_tokens, dim]``, per item
+    """``cond.encode(photos, styles)`` as float32 ``[B, *condition_shape(cond)]``, per item
     through ``cache`` (None: no cache). The key uses only what the conditioner
     reads (its ``uses`` attribute: "photo", "style" or "both"; default "photo"
     unless it is a style encoder)."""
@@ -156,7 +164,7 @@ def encode_cached(
         return np.concatenate(chunks).astype(np.float32)
 
     if cache is None:
-        return compute(list(range(n))) if n else np.zeros((0, cond.num_tokens, cond.dim), np.float32)
+        return compute(list(range(n))) if n else np.zeros((0, *condition_shape(cond)), np.float32)
     return np.stack(cache.map([parts(i) for i in range(n)], compute)).astype(np.float32) if n else np.zeros(
-        (0, cond.num_tokens, cond.dim), np.float32
+        (0, *condition_shape(cond)), np.float32
     )

@@ -177,13 +177,14 @@ def _pipeline_command(name: str, module: str) -> click.Command:
 
     fields = importlib.import_module(module).Config.model_fields
 
-    def command(config_file, sets, out, no_progress, resume=False, shard=None):
+    def command(config_file, sets, out, no_progress, resume=False, shard=None, judge=None):
         from .config import load_config
 
         mod = importlib.import_module(module)
         sets = list(sets) + ([f"out={out}"] if out else [])
         sets += ["resume=true"] if resume else []
         sets += [f"shard={shard}"] if shard else []
+        sets += [f"judge={judge}"] if judge else []
         from .pipelines.common import keep_records
 
         cfg = load_config(mod.Config, config_file, sets)
@@ -195,6 +196,9 @@ def _pipeline_command(name: str, module: str) -> click.Command:
             click.echo(json.dumps(summary, indent=2, default=str))
 
     # options apply bottom-up; pipeline-specific ones only where the Config has the field
+    if "judge" in fields:
+        command = click.option("--judge", default=None, metavar="MATCHER",
+                               help="Matcher folder that judges identity fidelity (same as --set judge=DIR).")(command)
     if "shard" in fields:
         command = click.option("--shard", default=None, metavar="I/N", help="Do shard I of N (1-based) of the work.")(command)
     if "resume" in fields:

@@ -40,13 +40,24 @@ Register = Callable[..., Any]
 @hookspec
 def register_conditioners(register: Register) -> None:
     """Register conditioners: frozen encoders that turn photos and style
-    prompts into cross-attention tokens.
+    prompts into what the generator is conditioned on.
 
-    Contract: ``encode(photos, styles) -> tensor [B, num_tokens, dim]`` plus the
-    attributes ``dim``, ``num_tokens``, ``identity`` (encoder name + options +
-    weights hash: the embedding-cache key), ``uses`` ("photo" or "style") and
-    ``role`` ("identity", "appearance" or "style": what guidance scales). Examples: open_clip image tower,
-    open_clip text tower on the style prompt, an AdaFace/IR identity embedding.
+    Contract: ``encode(photos, styles) -> tensor`` plus the attributes
+    ``identity`` (encoder name + options + weights hash: the embedding-cache
+    key), ``uses`` ("photo" or "style"), ``role`` ("identity", "appearance" or
+    "style": what guidance scales and training drops together) and ``kind``
+    (default "tokens"):
+
+    - ``kind = "tokens"``: ``[B, num_tokens, dim]`` cross-attention tokens, with
+      attributes ``num_tokens`` and ``dim``. Examples: open_clip image tower,
+      open_clip text tower on the style prompt, an AdaFace/IR identity embedding.
+    - ``kind = "spatial"``: ``[B, channels, size, size]`` maps in about [-1, 1],
+      with attributes ``channels`` and ``size``, concatenated to the denoiser's
+      input (resized to its side), as image-to-image diffusion models do: the
+      aligned reference photo (``photo_map``). A dropped spatial condition is
+      replaced by a learned constant per channel.
+
+    :func:`c4s_core.cache.condition_shape` gives either kind's per-item shape.
     """
 
 

@@ -57,6 +57,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "procedural": "c4s_plugins.procedural",
     "face_api": "c4s_plugins.face_api",
     "face_id": "c4s_plugins.face_id",
+    "spatial": "c4s_plugins.spatial",
     "human_models": "c4s_plugins.human_models",
 }
 # The default pipelines read data through these; they may not be blocked.

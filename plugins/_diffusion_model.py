@@ -1,9 +1,9 @@
 """Torch parts of the ``diffusion`` generator (imported lazily by c4s_plugins.diffusion).
 
 - :class:`CondDiffusion`: a diffusers ``UNet2DConditionModel`` in pixel space
-  plus, per conditioner, a learned projection ``Linear(dim, cross_attention_dim)``,
+  plus, per token conditioner, a learned projection ``Linear(dim, cross_attention_dim)``,
   a learned type embedding and a learned null token sequence (what a dropped
-  condition is replaced by);
+  condition is replaced by); spatial conditions join the input channels;
 - :class:`EMA`: exponential moving average of the trainable weights;
 - image <-> tensor helpers.
 """
@@ -18,19 +18,35 @@ from torch import nn
 
 
 class CondDiffusion(nn.Module):
-    def __init__(self, unet_config: dict, cond_shapes: list[tuple[int, int]], cross_attention_dim: int):
+    """``conds``: per conditioner, ``("tokens", num_tokens, dim)`` or
+    ``("spatial", channels)``. Token conditioners get a projection, a type
+    embedding and null tokens (indexed over token conditioners only, so folders
+    without spatial ones keep their parameter names); spatial ones a learned
+    null value per channel, and their maps are concatenated to the UNet input
+    (``unet_config["in_channels"]`` must count them)."""
+
+    def __init__(self, unet_config: dict, conds: list[tuple], cross_attention_dim: int):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
         self.unet = UNet2DConditionModel(**unet_config)
         c = cross_attention_dim
-        self.proj = nn.ModuleList(nn.Linear(dim, c) for _, dim in cond_shapes)
-        self.type_emb = nn.Parameter(torch.randn(len(cond_shapes), c) * 0.02)
-        self.null = nn.ParameterList(nn.Parameter(torch.randn(n, c) * 0.02) for n, _ in cond_shapes)
+        self.tok_idx = [i for i, k in enumerate(conds) if k[0] == "tokens"]
+        self.map_idx = [i for i, k in enumerate(conds) if k[0] == "spatial"]
+        tok = [conds[i] for i in self.tok_idx]
+        self.proj = nn.ModuleList(nn.Linear(dim, c) for _, _, dim in tok)
+        self.type_emb = nn.Parameter(torch.randn(len(tok), c) * 0.02)
+        self.null = nn.ParameterList(nn.Parameter(torch.randn(n, c) * 0.02) for _, n, _ in tok)
+        self.null_map = nn.ParameterList(nn.Parameter(torch.zeros(conds[i][1])) for i in self.map_idx)
+        # cross-attention needs a sequence: one learned token when every condition is spatial
+        self.const = nn.Parameter(torch.randn(1, c) * 0.02) if not tok else None
 
     def context(self, tokens: list[torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
-        """``tokens[i]``: ``[B, n_i, dim_i]``; ``keep``: bool ``[B, k]`` (False: the
-        conditioner's tokens become its null tokens). Returns ``[B, sum n_i, C]``."""
+        """``tokens[i]``: ``[B, n_i, dim_i]`` of the token conditioners; ``keep``:
+        bool ``[B, k_tokens]`` (False: the conditioner's tokens become its null
+        tokens). Returns ``[B, sum n_i, C]``."""
+        if self.const is not None:
+            return self.const.unsqueeze(0).expand(keep.shape[0], -1, -1)
         parts = []
         for i, tok in enumerate(tokens):
             h = self.proj[i](tok.to(self.type_emb.dtype)) + self.type_emb[i]
@@ -38,8 +54,21 @@ class CondDiffusion(nn.Module):
             parts.append(torch.where(keep[:, i, None, None], h, null))
         return torch.cat(parts, 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: list[torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, encoder_hidden_states=self.context(tokens, keep)).sample
+    def inputs(self, x: torch.Tensor, conds: list[torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        """``x`` with every spatial condition (kept, else its null value) as extra channels."""
+        maps = [x]
+        for j, i in enumerate(self.map_idx):
+            m = conds[i].to(x.dtype)
+            if m.shape[-2:] != x.shape[-2:]:
+                m = nn.functional.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+            null = self.null_map[j].to(x.dtype).view(1, -1, 1, 1).expand_as(m)
+            maps.append(torch.where(keep[:, i, None, None, None], m, null))
+        return torch.cat(maps, 1) if len(maps) > 1 else x
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, conds: list[torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        """``conds``: one tensor per conditioner (tokens or maps); ``keep``: bool ``[B, k]``."""
+        ctx = self.context([conds[i] for i in self.tok_idx], keep[:, self.tok_idx])
+        return self.unet(self.inputs(x, conds, keep), t, encoder_hidden_states=ctx).sample
 
 
 class EMA:

@@ -45,6 +45,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from c4s_core import ComponentConfig, ComponentSpec, hookimpl
+from c4s_core.config import C4SModel
 from c4s_core.errors import C4SError, ConfigError, DataError
 
 ROLES = ("identity", "appearance", "style")
@@ -72,6 +73,19 @@ def _default_conditioners() -> list[ComponentSpec]:
     # random open_clip text tower (distinct style prompts -> distinct vectors; the
     # learned projection does the rest). Swap in clip_image/adaface_id with weights.
     return [ComponentSpec(name="dlib_id"), ComponentSpec(name="clip_text")]
+
+
+class IdentityLoss(C4SModel):
+    """Identity loss on the predicted clean image: ``weight * (1 - cos(R(x0_hat), R(x0)))``
+    through a frozen pretrained recogniser R, at timesteps below ``max_timestep``
+    (where ``x0_hat`` is sharp enough for R to read)."""
+
+    weight: float = Field(0.1, gt=0.0, le=100.0, description="Weight of the identity term beside the denoising loss.")
+    backbone: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="dlib_r29", options={"input_size": 150}),
+        description="Frozen recogniser R (any torch backbone with to_input/forward); not the judge.",
+    )
+    max_timestep: int = Field(300, ge=1, le=4000, description="Only rows noised with t below this get the term.")
 
 
 class DiffusionConfig(ComponentConfig):
@@ -103,6 +117,9 @@ class DiffusionConfig(ComponentConfig):
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field(
         "linear", description="Training noise schedule (DDPMScheduler beta_schedule). squaredcos_cap_v2 puts "
         "sigma_max near 2e4, where diffusers' euler_ancestral step returns NaN."
+    )
+    identity_loss: IdentityLoss | None = Field(
+        None, description="Training: identity loss through a frozen recogniser on the predicted clean image; none: off."
     )
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="EMA decay of the weights used for sampling; 0: no EMA.")
     mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 autocast for the UNet forward (GPU).")
@@ -146,15 +163,16 @@ class DiffusionConfig(ComponentConfig):
         return base
 
 
-def unet_config(cfg: DiffusionConfig) -> dict[str, Any]:
-    """diffusers ``UNet2DConditionModel`` keyword arguments for ``cfg``."""
+def unet_config(cfg: DiffusionConfig, extra_channels: int = 0) -> dict[str, Any]:
+    """diffusers ``UNet2DConditionModel`` keyword arguments for ``cfg``; the
+    spatial conditions' ``extra_channels`` join the 3 image channels at the input."""
     u = cfg.unet_options()
     lv = u["attention_levels"]
     # diffusers' UNet2DConditionModel reads attention_head_dim as the number of heads.
     heads = [max(1, c // u["attention_head_dim"]) for c in u["block_out_channels"]]
     return {
         "sample_size": u["sample_size"],
-        "in_channels": 3,
+        "in_channels": 3 + int(extra_channels),
         "out_channels": 3,
         "block_out_channels": list(u["block_out_channels"]),
         "layers_per_block": u["layers_per_block"],
@@ -207,7 +225,13 @@ class DiffusionGenerator:
         for n, r in zip(self.cond_names, self.roles, strict=True):
             if r not in ROLES:
                 raise ConfigError(f"conditioner {n!r} has role {r!r}; roles: {', '.join(ROLES)}")
-        self.unet_config = unet_config(config)
+        kinds = [getattr(c, "kind", "tokens") for c in conditioners]
+        for n, k in zip(self.cond_names, kinds, strict=True):
+            if k not in ("tokens", "spatial"):
+                raise ConfigError(f"conditioner {n!r} has kind {k!r}; kinds: tokens, spatial")
+        conds = [("spatial", int(c.channels)) if k == "spatial" else ("tokens", int(c.num_tokens), int(c.dim))
+                 for c, k in zip(conditioners, kinds, strict=True)]
+        self.unet_config = unet_config(config, sum(c[1] for c in conds if c[0] == "spatial"))
         self.noise_config = {
             "num_train_timesteps": config.num_train_timesteps,
             "beta_schedule": config.beta_schedule,
@@ -223,10 +247,7 @@ class DiffusionGenerator:
         self.device = torch.device(dev)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.model = CondDiffusion(
-                self.unet_config, [(int(c.num_tokens), int(c.dim)) for c in conditioners],
-                self.unet_config["cross_attention_dim"],
-            )
+            self.model = CondDiffusion(self.unet_config, conds, self.unet_config["cross_attention_dim"])
         self.model.to(self.device)
         self.ema = None
         if config.ema_decay > 0:
@@ -242,17 +263,19 @@ class DiffusionGenerator:
         return int(self.unet_config["sample_size"])
 
     def conditioner_records(self) -> list[dict[str, Any]]:
-        from c4s_core.cache import conditioner_identity
+        from c4s_core.cache import condition_shape, conditioner_identity
 
         return [
             {"name": n, "options": json.loads(json.dumps(spec.options, default=str)), "role": r,
-             "num_tokens": int(c.num_tokens), "dim": int(c.dim), "identity": conditioner_identity(c)}
+             "kind": getattr(c, "kind", "tokens"), "shape": list(condition_shape(c)),
+             "num_tokens": int(getattr(c, "num_tokens", 0)), "dim": int(getattr(c, "dim", 0)),
+             "identity": conditioner_identity(c)}
             for n, spec, r, c in zip(self.cond_names, self.config.conditioners, self.roles, self.conditioners, strict=True)
         ]
 
     def encode_conditions(self, photos, styles, cache_dir: str | Path | None = None) -> list[np.ndarray]:
-        """Each conditioner's tokens ``[B, n_i, dim_i]`` (float32), through an
-        on-disk cache when ``cache_dir`` is given."""
+        """Each conditioner's output ``[B, *condition_shape]`` (float32: tokens or
+        spatial maps), through an on-disk cache when ``cache_dir`` is given."""
         from c4s_core.cache import EmbeddingCache, conditioner_identity, encode_cached
 
         out = []
@@ -307,7 +330,45 @@ class DiffusionGenerator:
         target = noise if self.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.mixed_precision == "bf16"):
             pred = (model or self.model)(xt, t, tokens, keep)
-        return F.mse_loss(pred.float(), target.float())
+        loss = F.mse_loss(pred.float(), target.float())
+        il = self.config.identity_loss
+        if il is None:
+            return loss
+        low = t < il.max_timestep
+        self.last_identity_loss = None
+        if not bool(low.any()):
+            return loss
+        ab = sched.alphas_cumprod.to(self.device)[t[low]].view(-1, 1, 1, 1).float()
+        xl, pl = xt[low].float(), pred[low].float()
+        x0_hat = (xl - (1 - ab).sqrt() * pl) / ab.sqrt() if self.config.prediction_type == "epsilon" \
+            else ab.sqrt() * xl - (1 - ab).sqrt() * pl
+        with torch.no_grad():
+            ref = self._identity_embed(x0[low].float())
+        # a sum over this part's rows / its row count: the same weighting as the MSE mean, so DDP sums right
+        term = (1.0 - (self._identity_embed(x0_hat) * ref).sum(1)).sum() / b
+        self.last_identity_loss = float(term.detach()) * b / int(low.sum())
+        return loss + il.weight * term
+
+    def _identity_embed(self, x):
+        """Unit embeddings by the frozen identity-loss recogniser of images in [-1, 1]."""
+        import torch.nn.functional as F
+
+        net = getattr(self, "_id_net", None)
+        if net is None:
+            from c4s_core import get_registries
+
+            net = get_registries().backbone.build(self.config.identity_loss.backbone)
+            if not all(hasattr(net, a) for a in ("to_input", "forward", "model")):
+                raise ConfigError(f"identity_loss.backbone {self.config.identity_loss.backbone.name!r} is not a torch "
+                                  "backbone (needs to_input, forward and model)")
+            net.model.to(self.device).eval()
+            for p in net.model.parameters():
+                p.requires_grad_(False)
+            self._id_net = net
+        x01 = ((x.clamp(-1, 1) + 1) / 2).expand(-1, 3, -1, -1)
+        if tuple(x01.shape[-2:]) != tuple(net.input_size):
+            x01 = F.interpolate(x01, size=tuple(net.input_size), mode="bilinear", align_corners=False)
+        return F.normalize(net.forward(net.to_input(x01)).float(), dim=1)
 
     def fit(
         self,
@@ -368,9 +429,12 @@ class DiffusionGenerator:
             raise DataError("diffusion.fit: no training sketches")
         if sketches.shape[1:3] != (self.size, self.size):
             raise DataError(f"diffusion.fit: sketches are {sketches.shape[1:3]}, the generator expects {self.size}x{self.size}")
+        from c4s_core.cache import condition_shape
+
         for i, (t, c) in enumerate(zip(tokens, self.conditioners, strict=True)):
-            if t.shape != (n, c.num_tokens, c.dim):
-                raise DataError(f"diffusion.fit: tokens of {self.cond_names[i]!r} have shape {t.shape}, expected {(n, c.num_tokens, c.dim)}")
+            if t.shape != (n, *condition_shape(c)):
+                raise DataError(f"diffusion.fit: conditions of {self.cond_names[i]!r} have shape {t.shape}, "
+                                f"expected {(n, *condition_shape(c))}")
         world, rank = dist.world(), dist.rank()
         main, distributed = rank == 0, world > 1
         if batch_size < world:
@@ -450,6 +514,8 @@ class DiffusionGenerator:
             self.step = step + 1
             loss_ema = total if loss_ema is None else 0.9 * loss_ema + 0.1 * total
             rec: dict[str, Any] = {"step": self.step, "loss": total}
+            if getattr(self, "last_identity_loss", None) is not None:
+                rec["identity_loss"] = self.last_identity_loss  # rank 0's last micro-batch: a trace, not a mean
             if val is not None and val_every and (self.step % val_every == 0 or self.step == steps):
                 v = self.validation_loss(*val, seed=seed) if main else None
                 rec["val_loss"] = dist.broadcast_object(v)
@@ -618,7 +684,8 @@ class DiffusionGenerator:
         x = torch.cat([torch.randn((1, *shape), generator=g) for g in gens]).to(self.device)
         x = x * sch.init_noise_sigma
         rows = torch.tensor([i for i, _ in chunk])
-        tk = [torch.from_numpy(np.ascontiguousarray(t))[rows].to(self.device).repeat(nb, 1, 1) for t in tokens]
+        tk = [torch.from_numpy(np.ascontiguousarray(t))[rows].to(self.device).repeat(nb, *([1] * (t.ndim - 1)))
+              for t in tokens]
         keep = torch.cat([br.unsqueeze(0).expand(b, -1) for br in branches]).to(self.device)
         accepts = set(inspect.signature(sch.step).parameters)
         kw = {k: v for k, v in step_kw.items() if k in accepts}

@@ -19,6 +19,16 @@ seeds; ``diversity_identity`` does the same over all sketches of an identity
 (styles mixed). With ``encoder`` set (a conditioner, e.g. ``adaface_id``),
 ``embedding_diversity`` gives the same two figures as ``1 - cosine`` of that
 encoder's first token.
+
+With ``judge`` set (a matcher folder: a recogniser fine-tuned on the real
+training split only, never used to train or select the generator), the set's
+identity fidelity is measured by :func:`c4s_core.judge.judge_set`: each sketch
+ranked against the set's reference photos plus ``judge_distractors``, beside
+the real held-out sketches of ``judge_real`` against a gallery of the same
+number of identities (the ceiling): rank-1, rank-10, genuine - impostor gap,
+the Fréchet distance to the real sketches in the judge's space, diversity in
+that space and style accuracy. Written under ``judge`` in report.json, as a
+table in report.md and as ``judge.png``.
 """
 
 from __future__ import annotations
@@ -41,6 +51,17 @@ class Config(C4SModel):
         None, description="Measure identity similarity here, for sets generated without it (e.g. dlib_id): "
         "genuine (sketch vs its own photo) and impostor (vs another identity's photo), on similarity_identities.")
     similarity_identities: int = Field(200, ge=2, le=100_000, description="Identities sampled (seeded) for similarity_encoder.")
+    judge: Path | None = Field(
+        None, description="Matcher folder (train-matcher output) that judges identity fidelity: a recogniser fine-tuned "
+        "on the real training split only, never used to train or select the generator; none: no judge.")
+    judge_real: ComponentSpec | None = Field(
+        None, description="Real held-out photo/sketch pairs (people the generator and judge never saw): the ceiling. "
+        "Needed with judge.")
+    judge_distractors: ComponentSpec | None = Field(
+        None, description="Photos of other people added to both judge galleries (their sketches never match).")
+    judge_identities: int | None = Field(
+        None, ge=2, le=1_000_000, description="Identities per judge gallery (seeded pick); none: as many as both sets have.")
+    judge_grey: bool = Field(True, description="Turn every image grey before the judge (as the evaluation protocols do).")
 
 
 def _stats(v):
@@ -204,6 +225,8 @@ def run(config: Config, progress: bool = True) -> dict:
             if emb is not None and len(idx) > 1:
                 ewithin.append(_cos_pairwise(emb[idx]))
 
+    judged = _judge(config, src, groups, photos, progress) if config.judge is not None else None
+
     # -- contact sheet ---------------------------------------------------------------------
     sheet_path = None
     if config.sheet_identities:
@@ -244,14 +267,93 @@ def run(config: Config, progress: bool = True) -> dict:
         "generators": sorted({str(r.get("generator")) for r in sk}),
         "samplers": sorted({f"{r.get('sampler')}@{r.get('steps')}" for r in sk if r.get("sampler")}),
         "checkpoints": sorted({str(r.get("checkpoint_hash")) for r in sk}),
-        "figures": {"similarity_hist": hist_path and hist_path.name, "contact_sheet": sheet_path and sheet_path.name},
+        "judge": judged,
+        "figures": {"similarity_hist": hist_path and hist_path.name, "contact_sheet": sheet_path and sheet_path.name,
+                    "judge": judged and judged.pop("_figure", None)},
     }
     write_json(out / "report.json", report)
     atomic_write_bytes(out / "report.md", _markdown(report).encode())
     return {"out": str(out), **{k: report[k] for k in ("sketches", "identities", "styles")},
             "identity_similarity_mean": (report["identity_similarity"] or {}).get("mean"),
             "impostor_similarity_mean": (report["impostor_similarity"] or {}).get("mean"),
-            "diversity_within_style": report["diversity"]["diversity_within_style"]}
+            "diversity_within_style": report["diversity"]["diversity_within_style"],
+            **({"judge_rank1": judged["generated"]["rank1"], "judge_real_rank1": judged["real"]["rank1"],
+                "judge_frechet": judged["frechet_distance"]} if judged else {})}
+
+
+def _judge(config: Config, src: Path, groups: dict, photos: dict, progress: bool) -> dict:
+    """The judge's fidelity figures for this set (see the module docstring), and judge.png."""
+    import numpy as np
+
+    from .. import judge as jd
+    from ..data.io import atomic_write_bytes, load_image
+    from ..errors import ConfigError, DataError
+    from ..plugins import get_registries
+
+    if config.judge_real is None:
+        raise ConfigError("report-dataset: judge needs judge_real (real held-out photo/sketch pairs: the ceiling)")
+    regs = get_registries()
+    judge = regs.backbone.build("matcher", {"path": str(config.judge)})
+    ids = sorted(d for d in groups if d in photos)
+    if not ids:
+        raise DataError(f"{src}/manifest.jsonl: no sketch identity has a reference photo record; the judge needs them")
+    if config.judge_identities and len(ids) > config.judge_identities:
+        pick = np.random.default_rng(0).choice(len(ids), config.judge_identities, replace=False)
+        ids = [ids[i] for i in sorted(pick)]
+    recs = [r for d in ids for r in sorted(groups[d], key=lambda r: r["path"])]
+    gen = ([load_image(src / r["path"]) for r in recs], [r["identity"] for r in recs], [r.get("style") for r in recs])
+    refs = {d: load_image(src / photos[d]["path"]) for d in ids}
+    ds = regs.dataset.build(config.judge_real)
+    real_sk, real_ids, real_st, real_ph = [], [], [], {}
+    for i in range(len(ds)):
+        smp = ds[i]
+        if smp.modality == "photo":
+            real_ph.setdefault(smp.identity, []).append(smp.image)
+        else:
+            real_sk.append(smp.image)
+            real_ids.append(smp.identity)
+            real_st.append(smp.style)
+    distractors = []
+    if config.judge_distractors is not None:
+        dd = regs.dataset.build(config.judge_distractors)
+        distractors = [dd[i].image for i in range(len(dd)) if dd[i].modality == "photo"]
+    try:
+        out = jd.judge_set(judge, gen, refs, (real_sk, real_ids, real_st), real_ph, distractors,
+                           identities=config.judge_identities, grey=config.judge_grey, progress=progress)
+    except ValueError as err:
+        raise DataError(f"report-dataset: {err} (set {src}, judge_real {config.judge_real.name!r})") from None
+    out["judge"] = str(config.judge)
+    png = _judge_plot(out)
+    atomic_write_bytes((config.out or src) / "judge.png", png)
+    out["_figure"] = "judge.png"
+    return out
+
+
+def _judge_plot(j: dict) -> bytes:
+    """Rank-1, rank-10 and the genuine - impostor gap: generated beside real held-out sketches."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = [("rank1", "rank-1"), ("rank10", "rank-10"), ("gap", "genuine - impostor")]
+    x = np.arange(len(keys))
+    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=100)
+    for k, (name, off) in enumerate((("generated", -0.2), ("real", 0.2))):
+        v = [j[name][key] or 0.0 for key, _ in keys]
+        ax.bar(x + off, v, 0.4, label=f"{name} sketches", color=("tab:orange", "tab:blue")[k])
+    ax.set_xticks(x, [t for _, t in keys])
+    ax.set_ylim(0, 1)
+    ax.set_title(f"judge: {j['identities']} identities + {j['distractors']} distractors", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _markdown(r: dict) -> str:
@@ -280,6 +382,23 @@ def _markdown(r: dict) -> str:
         e = r["embedding_diversity"]
         lines.append(f"Embedding diversity ({e['encoder']}, {e['space']}): within style "
                      f"{f(e['diversity_within_style'])}, within identity {f(e['diversity_identity'])}.")
+    j = r.get("judge")
+    if j:
+        lines += ["", f"## Identity fidelity (judge {j['judge']})", "",
+                  f"Each sketch ranked against {j['identities']} identities' photos + {j['distractors']} distractors "
+                  f"({'grey' if j['grey'] else 'colour'}); real held-out sketches resized to {j['side']} px first.", "",
+                  "| sketches | probes | rank-1 | rank-10 | genuine | impostor | gap |", "|---|---|---|---|---|---|---|"]
+        for name in ("generated", "real"):
+            x = j[name]
+            lines.append(f"| {name} | {x['probes']} | {f(x['rank1'])} | {f(x['rank10'])} | {f(x['genuine'])} | "
+                         f"{f(x['impostor'])} | {f(x['gap'])} |")
+        st, dv = j.get("style") or {}, j["diversity"]
+        lines += ["", f"Generated rank-1 / real rank-1: {f(j['rank1_ratio'])}. Fréchet distance to the real sketches "
+                  f"in the judge's space: {f(j['frechet_distance'])} (rows {j['frechet_rows'][0]} / {j['frechet_rows'][1]}). "
+                  f"Style accuracy: {f(st.get('accuracy'))} (classifier on real sketches: {f(st.get('real_accuracy'))}, "
+                  f"chance {f(st.get('chance'))}). Diversity (1 - cosine, judge): generated within identity "
+                  f"{f(dv['generated']['within_identity'])}, between {f(dv['generated']['between_identities'])}; "
+                  f"real between identities {f(dv['real']['between_identities'])}."]
     for k, v in r["figures"].items():
         if v:
             lines += ["", f"![{k}]({v})"]
