@@ -66,8 +66,15 @@ def test_four_arms_and_hog_in_one_table_and_one_plot(finished):
         for m in by.values():
             assert 0.0 <= m["rank-1"] <= m["rank-10"] <= 1.0 and 0.0 <= m["AUC"] <= 1.0
     md = (out / "report.md").read_text()
-    tables = [ln for ln in md.splitlines() if ln.startswith("|")]
+    tables = [ln for ln in md[:md.index("## Verdicts")].splitlines() if ln.startswith("|")]
     assert len(tables) == 2 * (2 + 5)  # a table per protocol: header, rule, four arms and HOG
+    # each generated set judged by the real-only matcher, beside the real test sketches at the same gallery size
+    judge = [ln for ln in md[md.index("## Identity fidelity"):].splitlines() if ln.startswith("|")]
+    assert len(judge) == 2 + 3 and [ln.split(" | ")[0] for ln in judge[2:]] == ["| diffusion", "| gan", "| procedural"]
+    for arm, j in res["judges"].items():
+        assert j["judge"].endswith("04-matcher-real/last"), arm
+        assert j["generated"]["gallery_identities"] == j["real"]["gallery_identities"], arm
+        assert 0.0 <= j["generated"]["rank1"] <= j["generated"]["rank10"] <= 1.0 and j["frechet_distance"] >= 0
     assert md.index("## aligned") < md.index("## perturbed")
     assert tables[0] == "| matcher | rank-1 | rank-10 | TAR@FAR=1e-2 | AUC |"
     assert sum(ln.startswith("| HOG") for ln in tables) == 2
@@ -79,7 +86,7 @@ def test_four_arms_and_hog_in_one_table_and_one_plot(finished):
     assert (out / "cmc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # every stage folder has its config; the rerunnable pieces are there
     stages = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert len(stages) == 1 + 2 + 3 + 4 + 2 * 5
+    assert len(stages) == 1 + 2 + 3 + 4 + 2 * 5  # the judge reports live inside 03-generated-*/judge
     assert all((out / s / "config.yaml").is_file() for s in stages)
     assert (out / "02-generator-diffusion" / "generator" / "generator.json").is_file()
     assert json.loads((out / "results.json").read_text())["metrics"] == res["metrics"]
@@ -129,7 +136,9 @@ def test_resume_skips_finished_stages(finished):
     (out / "05-evaluate-real-perturbed" / "stage.json").unlink()
     res2 = ex.run(cfg.model_copy(update={"resume": True}), progress=False)
     assert "05-evaluate-real-perturbed" not in res2["skipped_stages"]
-    assert len(res2["skipped_stages"]) == 2 + 3 + 3 + 4 + 2 * 5 - 1  # 3: each generated set's report
+    # 3 + 3: each generated set's report and judge
+    assert len(res2["skipped_stages"]) == 2 + 3 + 3 + 3 + 4 + 2 * 5 - 1
+    assert sum(s.endswith("/judge") for s in res2["skipped_stages"]) == 3
     assert weights.stat().st_mtime_ns == before
     assert res2["metrics"] == res["metrics"]
 

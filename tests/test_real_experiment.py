@@ -143,8 +143,9 @@ def test_every_stage_records_time_and_peak_memory(run):
     _, _, res = run
     out = Path(res["out"])
     marks = sorted(out.glob("*/stage.json")) + sorted(out.glob("*/*/stage.json"))
-    # align train/new/distractors, 2 generators, 3 sets + their reports, 4 matchers, 4 protocols x (arms + baselines)
-    assert len(marks) == 3 + 2 + 3 + 3 + 4 + 4 * len(res["metrics"])
+    # align train/new/distractors, 2 generators, 3 sets + their reports + their judges, 4 matchers,
+    # 4 protocols x (arms + baselines)
+    assert len(marks) == 3 + 2 + 3 + 3 + 3 + 4 + 4 * len(res["metrics"])
     for m in marks:
         rec = json.loads(m.read_text())
         assert rec["seconds"] >= 0 and rec["peak_rss_mb"] > 50, m

@@ -226,6 +226,11 @@ class Config(C4SModel):
         None, description="Encoder measuring identity similarity (genuine and impostor) in each generated set's "
         "report (report-dataset; e.g. dlib_id); none: the report has diversity and the contact sheet only.")
     report_identities: int = Field(200, ge=2, le=100_000, description="Identities sampled for report_similarity.")
+    judge: bool = Field(
+        True, description="Judge each generated set's identity fidelity with the real-only arm's matcher (trained on "
+        "the real training split only; needs arm real) against the test split's real sketches (report-dataset judge).")
+    judge_identities: int | None = Field(
+        None, ge=2, description="Identities per judge gallery; none: as many as the set and the test split share.")
     generate_batch_size: int = Field(16, ge=1, le=4096, description="Images per sampling batch.")
     aligner: ComponentSpec = Field(
         default_factory=_whole,
@@ -308,8 +313,10 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     save_run_config(out, "experiment", cfg)
     say = (lambda m: print(f"c4s experiment: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     n_eval = len(cfg.evaluation.protocols)
+    judged = cfg.judge and "real" in cfg.arms
     total = (1 + 3 * sum(a in ("diffusion", "gan") for a in cfg.arms) + 2 * sum(a == "procedural" for a in cfg.arms)
-             + len(cfg.arms) * (1 + n_eval) + n_eval * len(cfg.evaluation.baselines))
+             + len(cfg.arms) * (1 + n_eval) + n_eval * len(cfg.evaluation.baselines)
+             + (sum(a != "real" for a in cfg.arms) if judged else 0))
     count = [0]
     skipped: list[str] = []
 
@@ -402,6 +409,18 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         doc = json.loads(state.read_text()) if state.is_file() else {}
         train_summaries[arm]["optimizer_steps"] = doc.get("state", doc).get("step")  # hashed or older layout
 
+    # 4b. identity fidelity of each generated set, judged by the real-only matcher (never trained on synthetic data)
+    judges: dict[str, Any] = {}
+    if judged:
+        for arm, man in gen_sets.items():
+            jdir = man.parent / "judge"
+            jc = report_dataset.Config(path=man.parent, out=jdir, judge=matchers["real"].resolve(),
+                                       judge_real=ComponentSpec.model_validate(data["test"]),
+                                       judge_distractors=cfg.distractors, judge_identities=cfg.judge_identities,
+                                       judge_grey=cfg.evaluation.grayscale, sheet_identities=0)
+            stage(f"judge ({arm})", jdir, jc, report_dataset.run)
+            judges[arm] = json.loads((jdir / "report.json").read_text())["judge"]
+
     # 5. evaluation: baselines first (the first one is each arm's report.md comparison)
     probes = cfg.evaluation.protocols
     reports: dict[str, dict[str, Any]] = {}
@@ -428,6 +447,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     results = {
         "out": str(out), "arms": cfg.arms, "probes": probes, "data": data, "budget": budget,
         "generators": gen_summaries, "matchers": train_summaries, "metrics": rows, "verdicts": verdicts,
+        "judges": judges,
         "counts": {p: {k: reports[n][p]["counts"].get(k) for k in ("probes_used", "gallery_identities")}
                    for n in list(reports)[:1] for p in probes},
         "skipped_stages": skipped, "seconds": round(time.time() - t0, 1),

@@ -130,8 +130,32 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
                   "against the training-free baselines."]
         elif losers:
             L += ["", f"**Not beating {_label(b)} on every protocol: {', '.join(losers)}.**"]
+    if res.get("judges"):
+        L += _judge_table(res["judges"])
     L += ["", "## CMC", "", "![CMC](cmc.png)", "",
           "Each stage's folder (`01-data`, `02-generator-*`, `03-generated-*`, `04-matcher-*`, `05-evaluate-*`) "
           "holds its `config.yaml` and `stage.json` (seconds, peak memory); each evaluation has its own report.md "
           "with ROC, score histograms and worst failures.", ""]
     return "\n".join(L)
+
+
+def _judge_table(judges: dict[str, Any]) -> list[str]:
+    """Identity fidelity of each generated set (report-dataset's judge figures)."""
+    def f(x):
+        return "–" if x is None else f"{x:.3f}"
+
+    any_j = next(iter(judges.values()))
+    L = ["", "## Identity fidelity of the generated sets", "",
+         f"Judge: the real-only matcher (trained on the real training split only, never on generated sketches). "
+         f"Each generated sketch is ranked against its set's reference photos, each real test sketch (resized to "
+         f"the generated side) against its own photos; both galleries hold {any_j['identities']} identities "
+         f"+ {any_j['distractors']} distractors. Fréchet distance: judge embeddings of generated vs real test "
+         "sketches (lower is closer).", "",
+         "| set | rank-1 | real rank-1 | ratio | rank-10 | gap | real gap | Fréchet | style acc. | diversity within |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, j in judges.items():
+        g, r = j["generated"], j["real"]
+        L.append(f"| {arm} | {f(g['rank1'])} | {f(r['rank1'])} | {f(j['rank1_ratio'])} | {f(g['rank10'])} | "
+                 f"{f(g['gap'])} | {f(r['gap'])} | {f(j['frechet_distance'])} | {f((j.get('style') or {}).get('accuracy'))} | "
+                 f"{f(j['diversity']['generated']['within_identity'])} |")
+    return L
