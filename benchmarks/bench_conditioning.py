@@ -31,18 +31,7 @@ import time
 
 import numpy as np
 
-
-def stroke_features(images: np.ndarray) -> np.ndarray:
-    """Per image: 16-bin grey histogram, 8-bin gradient-magnitude histogram, dark-pixel share."""
-    g = images[..., :3].astype(np.float32).mean(-1) / 255.0
-    gy, gx = np.gradient(g, axis=(1, 2))
-    mag = np.hypot(gx, gy)
-    feats = []
-    for a, m in zip(g, mag, strict=True):
-        h = np.histogram(a, 16, (0, 1))[0] / a.size
-        hm = np.histogram(m, 8, (0, 0.5))[0] / m.size
-        feats.append(np.concatenate([h, hm, [(a < 0.5).mean()]]))
-    return np.asarray(feats, np.float32)
+from c4s_core.judge import NearestCentroid, stroke_features
 
 
 def layout(images) -> np.ndarray:
@@ -53,19 +42,6 @@ def layout(images) -> np.ndarray:
                              np.float32).ravel() for im in images])
     t -= t.mean(1, keepdims=True)
     return t / (np.linalg.norm(t, axis=1, keepdims=True) + 1e-6)
-
-
-class NearestCentroid:
-    def fit(self, x, y):
-        self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
-        z = (x - self.mu) / self.sd
-        self.labels = sorted(set(y))
-        self.c = np.stack([z[np.asarray(y) == k].mean(0) for k in self.labels])
-        return self
-
-    def predict(self, x):
-        z = (x - self.mu) / self.sd
-        return [self.labels[i] for i in ((z[:, None] - self.c[None]) ** 2).sum(-1).argmin(1)]
 
 
 def load(manifest, modality, size, limit=None):

@@ -3,7 +3,11 @@
 - training: steps/s and peak resident memory (ru_maxrss of a fresh child
   process per case) for the tiny and default UNet presets at 64 and 112 px,
   a few steps each, with condition tokens shaped like dlib_id (1x128) +
-  clip_text pooled (1x512);
+  clip_text pooled (1x512); cases ``small:64:spatial`` and ``small:64:spatial+id``
+  are the identity designs of examples/experiments/idgen (a 1-channel photo map
+  concatenated to the input, r29_id-shaped tokens 5x400, the style token,
+  attention at 16 px only), without and with the identity loss through the
+  pretrained dlib_r29 (needs `c4s weights fetch face_api_resnet`);
 - condition encoding: one epoch over N synthfaces photos with ``clip_image``
   (ViT-B-32 image tower, random frozen weights: the compute of the real one)
   and ``dlib_id`` (if dlib is installed), uncached (fresh cache: encode + write)
@@ -11,6 +15,8 @@
 
     .venv/bin/python benchmarks/bench_generator.py [--steps 3] [--batch 8] [--photos 64] [--device cpu]
         [--mixed-precision bf16] [--cases default:112] [--sample-images 256 --sample-steps 20]
+    .venv/bin/python benchmarks/bench_generator.py --cases small:64:spatial,small:64:spatial+id --batch 16 \
+        --sample-images 64 --guidance ""
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import time
 
 
 def train_case(preset: str, size: int, steps: int, batch: int, device: str, precision: str = "no",
-               sample_images: int = 0, sample_steps: int = 20, guidance: dict | None = None) -> dict:
+               sample_images: int = 0, sample_steps: int = 20, guidance: dict | None = None, design: str = "") -> dict:
     import resource
 
     import numpy as np
@@ -35,17 +41,28 @@ def train_case(preset: str, size: int, steps: int, batch: int, device: str, prec
     from c4s_core import get_registries
 
     class Stand:
-        def __init__(self, name, n, d, role):
-            self.name, self.num_tokens, self.dim, self.role, self.identity = name, n, d, role, name
+        def __init__(self, name, n, d, role, kind="tokens"):
+            self.name, self.num_tokens, self.dim, self.role, self.identity, self.kind = name, n, d, role, name, kind
+            self.channels, self.size = d, n
 
-    cfg = DiffusionConfig(preset=preset, sample_size=size, device=device, mixed_precision=precision,
-                          conditioners=[{"name": "dlib_id"}, {"name": "clip_text"}])
-    gen = DiffusionGenerator(cfg, conditioners=[Stand("dlib_id", 1, 128, "identity"), Stand("clip_text", 1, 512, "style")])
-    get_registries()
     n = max(batch * 2, 16, sample_images)
     rng = np.random.default_rng(0)
     sk = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    tok = [rng.standard_normal((n, 1, 128)).astype(np.float32), rng.standard_normal((n, 1, 512)).astype(np.float32)]
+    if design:  # photo map (1 channel) + r29_id tokens (5 x 400) + style token, as examples/experiments/idgen
+        stands = [Stand("photo_map", size, 1, "identity", "spatial"), Stand("r29_id", 5, 400, "identity"),
+                  Stand("clip_text", 1, 512, "style")]
+        extra = {"attention_levels": [False, False, True], "prediction_type": "v_prediction"}
+        if design == "spatial+id":
+            extra["identity_loss"] = {"weight": 0.5, "max_timestep": 300}
+        tok = [rng.uniform(-1, 1, (n, 1, size, size)).astype(np.float32),
+               rng.standard_normal((n, 5, 400)).astype(np.float32), rng.standard_normal((n, 1, 512)).astype(np.float32)]
+    else:
+        stands, extra = [Stand("dlib_id", 1, 128, "identity"), Stand("clip_text", 1, 512, "style")], {}
+        tok = [rng.standard_normal((n, 1, 128)).astype(np.float32), rng.standard_normal((n, 1, 512)).astype(np.float32)]
+    cfg = DiffusionConfig(preset=preset, sample_size=size, device=device, mixed_precision=precision,
+                          conditioners=[{"name": c.name} for c in stands], **extra)
+    gen = DiffusionGenerator(cfg, conditioners=stands)
+    get_registries()
     with tempfile.TemporaryDirectory() as tmp:
         # fit writes a checkpoint at its end: timed on its own, not as part of the steps
         save, ck = gen._save_checkpoint, {}
@@ -75,7 +92,8 @@ def train_case(preset: str, size: int, steps: int, batch: int, device: str, prec
         ds = time.perf_counter() - t1
         sampled = {"sample_images": sample_images, "sample_steps": sample_steps, "guidance": guidance or {},
                    "sample_images_per_s": round(sample_images / ds, 2)}
-    rec = {"preset": preset, "size": size, "batch": batch, "steps": steps, "device": str(gen.device),
+    rec = {"preset": preset, "size": size, "design": design or "tokens", "identity_loss": design == "spatial+id",
+           "batch": batch, "steps": steps, "device": str(gen.device),
            "mixed_precision": precision,
            "params_m": round(sum(p.numel() for p in gen.model.parameters()) / 1e6, 3),
            "steps_per_s": round(steps / dt, 4), "images_per_s": round(steps * batch / dt, 2),
@@ -131,10 +149,10 @@ def main() -> None:
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        preset, size = args.one.split(":")
+        preset, size, *design = args.one.split(":")
         guidance = {k: float(v) for k, v in (kv.split("=") for kv in args.guidance.split(",") if kv)}
         print(json.dumps(train_case(preset, int(size), args.steps, args.batch, args.device, args.mixed_precision,
-                                    args.sample_images, args.sample_steps, guidance)))
+                                    args.sample_images, args.sample_steps, guidance, design[0] if design else "")))
         return
     train = []
     for case in args.cases.split(","):
