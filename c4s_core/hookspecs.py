@@ -157,3 +157,23 @@ def register_commands(cli: Any) -> None:
     Called once, when the CLI starts, after plugins load. Keep the imports of
     heavy libraries inside the command functions so ``c4s --help`` stays fast.
     """
+
+
+# -- gallery stores ---------------------------------------------------------------
+
+
+@hookspec
+def register_gallery_stores(register: Register) -> None:
+    """Register gallery stores: where enrolled embeddings, identities and
+    thumbnails live (``c4s match --store SCHEME:LOCATION``, ``c4s serve --store``).
+
+    The store's ``name`` is its URI scheme; the options after ``?`` in the URI
+    are validated by its ``Config``. Contract (see
+    :mod:`c4s_core.gallery.stores`): ``create(location, *, model_hash,
+    embedding_dim, dtype, model, aligner, overwrite)`` and ``open(location, *,
+    mmap, verify)`` return a :class:`c4s_core.gallery.GalleryStore`, which
+    keeps the rules of every store: only the model that built it (its hash in
+    the store's metadata), identities and thumbnails stored and removed with
+    their vectors, ``save()`` commits all changes at once and no search sees a
+    half-written generation. Built-ins: ``folder`` (the default), ``milvus``.
+    """

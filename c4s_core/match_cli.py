@@ -1,13 +1,15 @@
 """``c4s match``: enroll a photo gallery with an exported model and search sketches.
 
 A click group with no plugin of its own: ``enroll``, ``add``, ``remove``,
-``search`` and ``info`` over a :class:`c4s_core.index.GalleryIndex` folder and
-an ONNX model written by ``c4s export`` (run by :mod:`c4s_core.runtime`).
+``search`` and ``info`` over a gallery store (``--store``: a folder index by
+default, or ``SCHEME:LOCATION`` for a registered store such as
+``milvus:gallery.db``; see :mod:`c4s_core.gallery.stores`) and an ONNX model
+written by ``c4s export`` (run by :mod:`c4s_core.runtime`).
 Identities are file stems (``DIR/alice.jpg``) or sub-folder names
 (``DIR/alice/*.jpg``). Heavy imports happen inside the commands.
 
 Every command refuses a damaged index with the file named (see
-:mod:`c4s_core.index` for what is verified when): ``search`` checks the
+:mod:`c4s_core.gallery.folder` for what is verified when): ``search`` checks the
 embeddings' sha256 before embedding a sketch and the thumbnails of the hits it
 reports; ``add``/``remove`` load and verify the index before changing it, so
 they never write new hashes over damage; ``info --verify`` checks every file.
@@ -134,6 +136,18 @@ def _enroll_photos(emb, photos: str, on_error: str, progress: bool):
     return ids, vecs, sources, skipped
 
 
+def _enroll_into(gi, emb, photos: str, replace: bool, thumbnail_size: int, on_error: str, progress: bool,
+                 as_json: bool) -> None:
+    """Embed ``photos``, store their thumbnails, add the rows to ``gi``, commit, report (enroll and add)."""
+    ids, vecs, sources, skipped = _enroll_photos(emb, photos, on_error, progress)
+    if not replace and set(ids) & set(gi.identities()):
+        gi.add(ids, vecs, sources)  # raises the "already in" error before any thumbnail is written
+    thumbs = _store_thumbnails(gi, sources, thumbnail_size, progress)
+    added = gi.add(ids, vecs, sources, replace=replace, thumbnails=thumbs)
+    gi.save()
+    _echo({**gi.summary(), **added, "skipped": [f"{p}: {why}" for p, why in skipped]}, as_json)
+
+
 def _store_thumbnails(gi, sources: list[str], size: int, progress: bool) -> list[str | None] | None:
     """Copies of the enrolled images inside the index (for `c4s serve`); None when size is 0."""
     if size <= 0:
@@ -158,8 +172,9 @@ def _echo(data: dict[str, Any], as_json: bool) -> None:
 
 _model_opt = click.option("--model", "model", required=True, type=click.Path(dir_okay=False),
                           help="ONNX model written by `c4s export`.")
-_index_opt = click.option("--index", "index", required=True, type=click.Path(file_okay=False),
-                          help="Gallery index folder.")
+_index_opt = click.option("--store", "--index", "index", required=True, metavar="URI",
+                          help="Gallery store: an index folder, or SCHEME:LOCATION[?options] for a registered "
+                          "store, e.g. milvus:gallery.db?collection=mugshots (see `c4s plugins --kind gallery_store`).")
 _device_opt = click.option("--device", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
                            show_default=True, help="onnxruntime execution provider; an unavailable one is an error.")
 _batch_opt = click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
@@ -208,17 +223,13 @@ def match():
 def enroll(model, photos, index, dtype, aligner, aligner_options, overwrite, thumbnail_size, device, batch_size,
            threads, on_error, no_progress, as_json):
     """Create a gallery index from a folder of photos."""
-    from .index import GalleryIndex
+    from .gallery import create_store
 
     spec = _aligner_spec(aligner, aligner_options, None)
     emb = _embedder(model, device, batch_size, threads, spec)
-    gi = GalleryIndex.create(index, model_hash=emb.model_hash, embedding_dim=emb.embedding_dim, dtype=dtype,
-                             model=_model_info(emb), aligner=spec, overwrite=overwrite)
-    ids, vecs, sources, skipped = _enroll_photos(emb, photos, on_error, not no_progress)
-    thumbs = _store_thumbnails(gi, sources, thumbnail_size, not no_progress)
-    added = gi.add(ids, vecs, sources, replace=True, thumbnails=thumbs)
-    gi.save()
-    _echo({**gi.summary(), **added, "skipped": [f"{p}: {why}" for p, why in skipped]}, as_json)
+    gi = create_store(index, model_hash=emb.model_hash, embedding_dim=emb.embedding_dim, dtype=dtype,
+                      model=_model_info(emb), aligner=spec, overwrite=overwrite)
+    _enroll_into(gi, emb, photos, True, thumbnail_size, on_error, not no_progress, as_json)
 
 
 @match.command()
@@ -238,19 +249,13 @@ def enroll(model, photos, index, dtype, aligner, aligner_options, overwrite, thu
 def add(index, model, photos, replace, aligner, aligner_options, thumbnail_size, device, batch_size, threads,
         on_error, no_progress, as_json):
     """Add identities to an index (with the model that built it)."""
-    from .index import GalleryIndex
+    from .gallery import open_store
 
-    gi = GalleryIndex.open(index)
+    gi = open_store(index)
     gi.check_model(model_sha256(model), model)
     spec = _aligner_spec(aligner, aligner_options, gi.info.get("aligner"))
     emb = _embedder(model, device, batch_size, threads, spec)
-    ids, vecs, sources, skipped = _enroll_photos(emb, photos, on_error, not no_progress)
-    if not replace and set(ids) & set(gi.identities()):
-        gi.add(ids, vecs, sources)  # raises the "already in" error before any thumbnail is written
-    thumbs = _store_thumbnails(gi, sources, thumbnail_size, not no_progress)
-    added = gi.add(ids, vecs, sources, replace=replace, thumbnails=thumbs)
-    gi.save()
-    _echo({**gi.summary(), **added, "skipped": [f"{p}: {why}" for p, why in skipped]}, as_json)
+    _enroll_into(gi, emb, photos, replace, thumbnail_size, on_error, not no_progress, as_json)
 
 
 @match.command()
@@ -260,9 +265,9 @@ def add(index, model, photos, replace, aligner, aligner_options, thumbnail_size,
 @_json_opt
 def remove(index, identities, missing_ok, as_json):
     """Remove IDENTITIES (every image of each) from an index."""
-    from .index import GalleryIndex
+    from .gallery import open_store
 
-    gi = GalleryIndex.open(index)
+    gi = open_store(index)
     n = gi.remove(list(identities), missing_ok=missing_ok)
     gi.save()
     _echo({**gi.summary(), "rows_removed": n}, as_json)
@@ -275,9 +280,13 @@ def remove(index, identities, missing_ok, as_json):
 @click.option("--top-k", type=click.IntRange(1, 100000), default=10, show_default=True, help="Identities per sketch.")
 @click.option("--chunk-size", type=click.IntRange(1, 1 << 24), default=65536, show_default=True,
               help="Gallery rows scored at a time (bounds memory).")
-@click.option("--backend", type=click.Choice(["exact", "bf16", "faiss"]), default="exact", show_default=True,
-              help="exact: float32 chunked matrix product; bf16: bfloat16 product (torch) with the candidates "
-              "re-scored in float32, about 2x faster on large galleries; faiss: a FAISS index (pip install faiss-cpu).")
+@click.option("--backend", type=click.Choice(["exact", "int8", "bf16", "faiss"]), default="exact", show_default=True,
+              help="Folder stores: exact: float32 chunked matrix product; int8: int8 candidates re-scored in float32, "
+              "proven equal to exact, about 3x faster on large galleries; bf16: bfloat16 product (torch) with the "
+              "candidates re-scored in float32; faiss: a FAISS index (pip install faiss-cpu). Other stores search "
+              "with their own index.")
+@click.option("--candidates", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
+              help="Rows re-scored in float32 per query for --backend int8 (more when the proof of exactness needs).")
 @click.option("--faiss-factory", default="Flat", show_default=True,
               help="FAISS index description for --backend faiss: Flat (exact), HNSW32, IVF4096,Flat...")
 @click.option("--faiss-nprobe", type=click.IntRange(1, 1 << 16), default=16, show_default=True,
@@ -288,20 +297,21 @@ def remove(index, identities, missing_ok, as_json):
 @_batch_opt
 @_threads_opt
 @_json_opt
-def search(index, model, sketches, top_k, chunk_size, backend, faiss_factory, faiss_nprobe, aligner, aligner_options,
-           device, batch_size, threads, as_json):
+def search(index, model, sketches, top_k, chunk_size, backend, candidates, faiss_factory, faiss_nprobe, aligner,
+           aligner_options, device, batch_size, threads, as_json):
     """Rank gallery identities for each SKETCH (image files or folders)."""
-    from .index import GalleryIndex
+    from .gallery import open_store
 
-    gi = GalleryIndex.open(index, mmap=True)
+    gi = open_store(index, mmap=True)
     gi.check_model(model_sha256(model), model)
     gi.verify(thumbnails=False)  # the embeddings' sha256, before any sketch is embedded
     spec = _aligner_spec(aligner, aligner_options, gi.info.get("aligner"))
     emb = _embedder(model, device, batch_size, threads, spec)
     paths = collect_queries(sketches)
     vecs, kept, skipped = emb.embed_files(paths, on_error="raise")
-    hits = gi.search(vecs, top_k=top_k, chunk_size=chunk_size, backend=backend, faiss_factory=faiss_factory,
-                     faiss_nprobe=faiss_nprobe)
+    opts = {"chunk_size": chunk_size, "faiss_factory": faiss_factory, "faiss_nprobe": faiss_nprobe,
+            "candidates": candidates} if gi.kind == "folder" else {}
+    hits = gi.search(vecs, top_k=top_k, backend=backend, **opts)
     gi.verify_thumbnails({h.row for hs in hits for h in hs})  # the images of what is reported are intact
     results = [{"query": str(paths[k]), "hits": [h.as_dict() for h in hs]} for k, hs in zip(kept, hits, strict=True)]
     if as_json:
@@ -324,9 +334,9 @@ def search(index, model, sketches, top_k, chunk_size, backend, faiss_factory, fa
 @_json_opt
 def info(index, show_ids, verify, as_json):
     """Describe an index: model, counts, dtype, aligner."""
-    from .index import GalleryIndex
+    from .gallery import open_store
 
-    gi = GalleryIndex.open(index, mmap=True, verify=verify)
+    gi = open_store(index, mmap=True, verify=verify)
     data = gi.summary()
     if verify:
         data["verified"] = True

@@ -59,9 +59,11 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "face_id": "c4s_plugins.face_id",
     "spatial": "c4s_plugins.spatial",
     "human_models": "c4s_plugins.human_models",
+    "folder_store": "c4s_plugins.folder_store",
+    "milvus_store": "c4s_plugins.milvus_store",
 }
 # The default pipelines read data through these; they may not be blocked.
-ESSENTIAL_PLUGINS = frozenset({"datasets", "synthfaces"})
+ESSENTIAL_PLUGINS = frozenset({"datasets", "synthfaces", "folder_store"})
 
 
 @dataclass

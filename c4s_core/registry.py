@@ -28,6 +28,7 @@ KINDS: dict[str, str] = {
     "backbone": "register_backbones",
     "head": "register_heads",
     "weights": "register_weights",
+    "gallery_store": "register_gallery_stores",
 }
 
 

@@ -27,7 +27,7 @@ setup() {
   "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
   # torch and torchvision are pinned together in pyproject.toml, so this one
   # command installs a matching pair.
-  "$VENV/bin/python" -m pip install -q -e ".[dlib,serve,dev]"
+  "$VENV/bin/python" -m pip install -q -e ".[dlib,serve,dev,milvus]"
   echo "$want" > "$stamp"
 }
 

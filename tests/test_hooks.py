@@ -92,6 +92,35 @@ def test_register_weights():
     check_kind("register_weights")
 
 
+def test_register_gallery_stores(monkeypatch):
+    check_kind("register_gallery_stores")
+    from c4s_core.gallery import open_store
+    from c4s_core.gallery.stores import FolderStore
+
+    opened = []
+
+    class MemoryStore(FolderStore):
+        """A test store: remembers what it was asked to open."""
+
+        name = "memtest"
+
+        def open(self, location, mmap=False, verify=False):
+            opened.append((location, mmap))
+            return "store"
+
+    @hookimpl
+    def register_gallery_stores(register):
+        register(MemoryStore)
+
+    plugin = types.ModuleType("storetest")
+    plugin.register_gallery_stores = register_gallery_stores
+    regs = build_registries(make_plugin_manager(entry_points=False, plugins=(("storetest", plugin),)))
+    monkeypatch.setattr("c4s_core.plugins._default", regs)
+    assert open_store("memtest:some/where", mmap=True) == "store" and opened == [("some/where", True)]
+    with pytest.raises(KeyError, match="unknown gallery_store 'nosuch'"):
+        open_store("nosuch:x")
+
+
 def test_register_commands(monkeypatch):
     from c4s_core import cli as cli_mod
 

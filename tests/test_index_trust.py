@@ -114,12 +114,12 @@ def test_embeddings_with_bytes_appended_are_refused_at_open(gallery):
 
 
 def test_mmap_open_defers_the_embeddings_hash_to_first_use_and_hashes_once(gallery, monkeypatch):
-    import c4s_core.index as ix
+    import c4s_core.gallery.integrity as ig
 
     calls = []
-    real = ix._file_sha256
-    monkeypatch.setattr(ix, "_file_sha256", lambda p: calls.append(Path(p).name) or real(p))
-    ix._VERIFIED.clear()
+    real = ig.file_sha256
+    monkeypatch.setattr(ig, "file_sha256", lambda p: calls.append(Path(p).name) or real(p))
+    ig.VERIFIED.clear()
     gi = GalleryIndex.open(gallery, mmap=True)
     assert calls == [] and len(gi.identities()) == 8  # info, identities: no embeddings read
     gi.search(np.ones((1, 16), np.float32))

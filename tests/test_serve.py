@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -459,3 +460,90 @@ def test_generated_sketches_with_a_tiny_generator(dep, tmp_path):
     r = c.post(f"/candidates/{ident}/sketches", data={"style": "../../etc/passwd"})
     assert r.status_code == 422 and "not one of" in r.json()["detail"]
     assert c.post(f"/candidates/{ident}/sketches", data={"count": "99"}).status_code == 422
+
+
+# -- under load, and other stores ---------------------------------------------------------------------
+
+
+def test_searches_while_enrolling_see_whole_generations_only(dep, tmp_path):
+    import shutil
+    import threading
+
+    from c4s_core.gallery import GalleryIndex
+
+    g = tmp_path / "g"
+    shutil.copytree(dep["index"], g)
+    svc = SearchService(g, dep["model"], backend="int8")
+    svc.gallery.every_s = 0.0  # look for a new generation in every request
+    probe = decode_upload(dep["sketches"][0].read_bytes())
+    vec = svc.embedder.run(svc.align(probe)[0][None])[0]
+    committed = {svc.index.generation: len(svc.index)}
+    answers, errors, stop = [], [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                answers.append(svc.search(probe, top_k=5))
+            except Exception as err:  # noqa: BLE001 - every failure is the test's business
+                errors.append(repr(err))
+
+    def writer():
+        rng = np.random.default_rng(0)
+        for _ in range(6):
+            gi = GalleryIndex.open(g)
+            gen = gi.generation + 1
+            gi.add([f"w{gen:05d}_{k}" for k in range(3)], vec[None] + 0.01 * rng.standard_normal((3, len(vec))))
+            committed[gen] = len(gi)  # known before the commit, so no reader sees an unknown generation
+            gi.save()
+            time.sleep(0.05)  # a reload between commits
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for t in readers:
+        t.start()
+    w = threading.Thread(target=writer)
+    w.start()
+    w.join()
+    deadline = time.monotonic() + 30  # let the readers reach the last commit
+    while time.monotonic() < deadline and not any(a["index_generation"] == max(committed) for a in answers[-8:]):
+        time.sleep(0.05)
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    seen = {a["index_generation"] for a in answers}
+    assert len(seen) >= 2 and max(seen) == max(committed)  # reloads happened, the last commit was reached
+    for a in answers:
+        gen = a["index_generation"]
+        assert a["index_rows"] == committed[gen]  # the rows of one whole generation
+        assert all(int(h["identity"][1:6]) <= gen for h in a["hits"] if h["identity"].startswith("w"))
+    last = svc.search(probe, top_k=1)["hits"][0]["identity"]
+    assert last.startswith("w")  # the enrolled near-copies of the probe rank first
+
+
+def test_serve_a_milvus_store(dep, tmp_path):
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from PIL import Image
+
+    from c4s_core.gallery import GalleryIndex, create_store
+
+    folder = GalleryIndex.open(dep["index"])
+    uri = f"milvus:{tmp_path}/g.db?collection=served"
+    st = create_store(uri, model_hash=folder.model_hash, embedding_dim=int(folder.info["embedding_dim"]),
+                      model=folder.info["model"], aligner=folder.info.get("aligner"))
+    thumbs = [st.put_thumbnail(np.asarray(Image.open(io.BytesIO(folder.read_thumbnail(r["thumb"])))))
+              if r.get("thumb") else None for r in folder.rows]
+    st.add([r["identity"] for r in folder.rows], folder.embeddings, [r["source"] for r in folder.rows], thumbnails=thumbs)
+    st.save()
+    st.close()
+    c_folder = TestClient(create_app(SearchService(dep["index"], dep["model"])), base_url=BASE)
+    c_milvus = TestClient(create_app(SearchService(uri, dep["model"])), base_url=BASE)
+    probe = dep["sketches"][4].read_bytes()
+    a, b = upload(c_folder, probe, top_k=5).json(), upload(c_milvus, probe, top_k=5).json()
+    assert [(h["identity"], round(h["score"], 4)) for h in a["hits"]] == [
+        (h["identity"], round(h["score"], 4)) for h in b["hits"]]
+    hit = b["hits"][0]
+    img = c_milvus.get(f"/{hit['image']}")
+    assert img.status_code == 200 and img.content[:2] == b"\xff\xd8"
+    assert c_milvus.get(f"/{hit['candidate']}").json()["images"][0]["image"] == hit["image"]
+    assert c_milvus.get("/api/status").json()["index"]["store"] == "milvus"

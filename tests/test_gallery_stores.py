@@ -1,0 +1,242 @@
+"""Gallery stores: the folder index and Milvus keep the same rules and give the same top-k;
+store URIs; the int8 backend equals exact search."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from test_index import deployed, invoke, unit  # noqa: F401 - the fixture is used by name
+
+from c4s_core.errors import MissingDependencyError
+from c4s_core.gallery import (
+    GalleryIndex,
+    IndexError_,
+    ModelMismatchError,
+    create_store,
+    open_store,
+    parse_store,
+)
+
+
+def milvus_available() -> bool:
+    try:
+        import milvus_lite  # noqa: F401
+        import pymilvus  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_milvus = pytest.mark.skipif(not milvus_available(), reason="pip install 'clip4sketch[milvus]'")
+STORES = ["folder", pytest.param("milvus", marks=needs_milvus)]
+
+
+def store_uri(kind: str, tmp_path, name: str = "g") -> str:
+    return str(tmp_path / name) if kind == "folder" else f"milvus:{tmp_path / name}.db?collection={name}"
+
+
+# -- the same sequence on every store ----------------------------------------------------------------
+
+
+def run_sequence(d, uri, tmp_path) -> dict:
+    """enroll, search, remove, add back, replace, search, info: what a user does, through the CLI."""
+    out = {}
+    r = invoke("enroll", "--model", d["m0"], "--photos", d["photos"], "--store", uri, "--json", "--no-progress",
+               "--thumbnail-size", "32")
+    assert r.exit_code == 0, r.output
+    out["enrolled"] = {k: json.loads(r.output)[k] for k in ("rows", "identities", "thumbnails")}
+    r = invoke("search", "--store", uri, "--model", d["m0"], d["sketches"], "--top-k", "4", "--json")
+    assert r.exit_code == 0, r.output
+    out["before"] = json.loads(r.output)["results"]
+    victim = d["ids"][-1]
+    r = invoke("remove", "--store", uri, victim, d["first"], "--json")
+    assert r.exit_code == 0, r.output
+    out["removed"] = json.loads(r.output)["rows_removed"]
+    extra = tmp_path / f"extra-{abs(hash(uri))}"
+    extra.mkdir()
+    (extra / f"{victim}.png").write_bytes((d["photos"] / f"{victim}.png").read_bytes())
+    r = invoke("add", "--store", uri, "--model", d["m0"], "--photos", extra, "--json", "--no-progress")
+    assert r.exit_code == 0, r.output
+    r = invoke("add", "--store", uri, "--model", d["m0"], "--photos", extra, "--no-progress")
+    assert r.exit_code != 0 and "--replace" in r.output
+    r = invoke("add", "--store", uri, "--model", d["m0"], "--photos", extra, "--replace", "--no-progress", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["rows_replaced"] == 1
+    r = invoke("search", "--store", uri, "--model", d["m0"], d["sketches"], "--top-k", "4", "--json")
+    out["after"] = json.loads(r.output)["results"]
+    r = invoke("info", "--store", uri, "--identities", "--verify", "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    out["info"] = {"rows": info["rows"], "identities": info["identities"], "ids": sorted(info["identity_list"]),
+                   "thumbnails": info["thumbnails"]}
+    r = invoke("search", "--store", uri, "--model", d["m1"], d["sketches"])
+    assert r.exit_code != 0 and "not by this model" in r.output
+    return out
+
+
+def strip(results):
+    """(query name, [(identity, score to 5 places)]) per query: what must agree across stores."""
+    return [(r["query"].split("/")[-1], [(h["identity"], round(h["score"], 4)) for h in r["hits"]]) for r in results]
+
+
+@needs_milvus
+def test_folder_and_milvus_give_the_same_results_for_the_same_sequence(deployed, tmp_path):  # noqa: F811
+    d = deployed
+    got = {kind: run_sequence(d, store_uri(kind, tmp_path), tmp_path) for kind in ("folder", "milvus")}
+    f, m = got["folder"], got["milvus"]
+    assert f["enrolled"] == m["enrolled"] == {"rows": 7, "identities": 6, "thumbnails": 7}
+    assert strip(f["before"]) == strip(m["before"]) and len(f["before"][0]["hits"]) == 4
+    assert f["removed"] == m["removed"] == 3  # the victim's photo and the sub-folder identity's two
+    assert strip(f["after"]) == strip(m["after"])
+    assert all(h["identity"] != d["first"] for r in m["after"] for h in r["hits"])  # removals are real
+    assert f["info"] == m["info"] and f["info"]["identities"] == 5 and d["first"] not in m["info"]["ids"]
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_every_store_refuses_another_model_and_keeps_thumbnails_with_rows(kind, tmp_path):
+    uri = store_uri(kind, tmp_path)
+    st = create_store(uri, model_hash="a" * 64, embedding_dim=8, model={"path": "a.onnx"})
+    img = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    th = st.put_thumbnail(img)
+    st.add(["x", "x", "y"], unit(3, 8), ["x0.png", "x1.png", "y.png"], thumbnails=[th, None, None])
+    st.save()
+    st = open_store(uri)
+    with pytest.raises(ModelMismatchError, match="not by this model"):
+        st.check_model("b" * 64)
+    assert st.images_of("x")[0]["thumb"] == th and st.images_of("nobody") is None
+    assert st.read_thumbnail(th)[:2] == b"\xff\xd8" and st.has_thumbnail(th)
+    hit = st.search(unit(3, 8)[0], top_k=1)[0][0]
+    assert (hit.identity, hit.thumb, hit.source) == ("x", th, "x0.png")
+    st.remove(["x"])
+    st.save()
+    st = open_store(uri)
+    assert not st.has_thumbnail(th) and st.identities() == ["y"] and len(st) == 1
+    with pytest.raises(IndexError_, match="x"):
+        st.remove(["x"])
+
+
+# -- Milvus: commits are all or nothing; removals are real ----------------------------------------
+
+
+@needs_milvus
+def test_milvus_crash_before_the_commit_leaves_the_old_generation(tmp_path, monkeypatch):
+    uri = store_uri("milvus", tmp_path)
+    st = create_store(uri, model_hash="a" * 64, embedding_dim=8)
+    st.add(["a", "b"], unit(2, 8))
+    st.save()
+    st = open_store(uri)
+    st.add(["c"], unit(1, 8, seed=4))
+    st.remove(["a"])
+
+    def crash(*a, **k):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(st.client, "alter_collection_properties", crash)
+    with pytest.raises(OSError, match="power cut"):
+        st.save()  # rows staged and marked, never committed
+    reader = open_store(uri)
+    assert reader.identities() == ["a", "b"] and reader.generation == 1
+    assert {h.identity for h in reader.search(unit(1, 8, seed=4), top_k=5)[0]} == {"a", "b"}
+    monkeypatch.undo()
+    again = open_store(uri)  # the next writer clears what the crash left, then commits its own change
+    again.add(["d"], unit(1, 8, seed=5))
+    again.save()
+    final = open_store(uri)
+    assert final.identities() == ["a", "b", "d"] and len(final) == 3
+    everything = final.client.query(final.collection, filter="pk >= 0", output_fields=["identity"])
+    assert sorted(r["identity"] for r in everything) == ["a", "b", "d"]  # no staged "c", no leftover marks
+
+
+@needs_milvus
+def test_milvus_removal_deletes_rows_and_a_stale_writer_is_refused(tmp_path):
+    uri = store_uri("milvus", tmp_path)
+    st = create_store(uri, model_hash="a" * 64, embedding_dim=8)
+    st.add(["a", "a", "b"], unit(3, 8))
+    st.save()
+    w1, w2 = open_store(uri), open_store(uri)
+    w1.remove(["a"])
+    w1.save()
+    rows = w1.client.query(w1.collection, filter="pk >= 0", output_fields=["identity"])
+    assert [r["identity"] for r in rows] == ["b"]  # deleted, not hidden
+    w2.add(["c"], unit(1, 8))
+    with pytest.raises(IndexError_, match="changed by another process"):
+        w2.save()
+
+
+@needs_milvus
+def test_milvus_uri_options_are_validated(tmp_path):
+    with pytest.raises(Exception, match="colection"):
+        open_store(f"milvus:{tmp_path}/g.db?colection=g")
+    with pytest.raises(IndexError_, match="ending in .db"):
+        open_store(f"milvus:{tmp_path}/g.sqlite")
+    with pytest.raises(IndexError_, match="no collection 'nothere'"):
+        open_store(f"milvus:{tmp_path}/g.db?collection=nothere")
+    with pytest.raises(IndexError_, match="float32"):
+        create_store(f"milvus:{tmp_path}/g.db", model_hash="a", embedding_dim=4, dtype="float16")
+
+
+def test_milvus_missing_says_which_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pymilvus", None)
+    with pytest.raises(MissingDependencyError, match=r"clip4sketch\[milvus\]"):
+        open_store(f"milvus:{tmp_path}/g.db")
+
+
+def test_store_uris():
+    assert parse_store("gallery/") == ("folder", "gallery/", {})
+    assert parse_store("folder:a?b") == ("folder", "a?b", {})
+    assert parse_store("C:/galleries/g") == ("folder", "C:/galleries/g", {})
+    assert parse_store("milvus:http://h:19530?collection=g&nprobe=8") == (
+        "milvus", "http://h:19530", {"collection": "g", "nprobe": "8"})
+    with pytest.raises(IndexError_, match="key=value"):
+        parse_store("milvus:g.db?oops")
+    with pytest.raises(KeyError, match="unknown gallery_store 'nosql'"):
+        open_store("nosql:x")
+
+
+# -- int8: quantised candidates, proven equal to exact ----------------------------------------------
+
+
+def clustered(n, d, seed=0, per=20, spread=0.15):
+    """Face-like: identities are tight clusters, so near-ties are common (the hard case for candidates)."""
+    rng = np.random.default_rng(seed)
+    centres = unit(n // per + 1, d, seed=seed + 100)
+    x = centres[np.arange(n) // per] + spread * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("data,per_id", [("random", 1), ("clustered", 1), ("clustered", 3)])
+def test_int8_backend_equals_exact(tmp_path, data, per_id):
+    pytest.importorskip("torch")
+    n, d = 4000, 64
+    emb = unit(n, d) if data == "random" else clustered(n, d)
+    gi = GalleryIndex.create(tmp_path / "g", model_hash="m", embedding_dim=d)
+    gi.add([f"id{i // per_id:05d}" for i in range(n)], emb, [f"{i}.png" for i in range(n)])
+    q = emb[np.random.default_rng(2).integers(0, n, 12)] + 0.05 * unit(12, d, seed=9)
+    q[6:] = unit(6, d, seed=11)  # queries near no row: near-ties everywhere
+    for k in (1, 10, 50):
+        ref = gi.search(q, top_k=k)
+        for cands in (256, 1):  # 1: the bound fails, candidates widen or the query falls back to exact
+            got = gi.search(q, top_k=k, backend="int8", candidates=cands)
+            assert [[(h.identity, h.row) for h in r] for r in got] == [[(h.identity, h.row) for h in r] for r in ref]
+            np.testing.assert_allclose([[h.score for h in r] for r in got], [[h.score for h in r] for r in ref],
+                                       atol=2e-6)
+    stats = gi.int8_codes().stats
+    assert stats["queries"] == 12 * 6 and stats["widened"] + stats["exact_fallback"] > 0
+    gi.add(["new"], q[:1])  # the codes follow changes
+    assert gi.search(q[:1], top_k=1, backend="int8")[0][0].identity == "new"
+
+
+def test_int8_error_bound_holds(tmp_path):
+    pytest.importorskip("torch")
+    from c4s_core.gallery.search import Int8Codes
+
+    for emb in (unit(3000, 96, seed=3), clustered(3000, 96, seed=4)):
+        codes = Int8Codes.build(emb, chunk_size=1000)  # chunked build: the same codes
+        q = unit(8, 96, seed=5)
+        approx, bound = codes.scores(q)
+        err = np.abs(approx.float().numpy() - q @ emb.T).max(axis=1)
+        assert (err <= bound).all() and (bound < 0.05).all()
+        assert codes.nbytes == 3000 * 96 + 2 * 3000  # a quarter of float32, plus the scales
