@@ -170,6 +170,15 @@ def _headline(rep: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return cols
 
 
+def _intervals(ci: Mapping[str, Any]) -> dict[str, str]:
+    """Headline label -> "[low, high]" of an evaluate report's ``intervals``."""
+    out = {}
+    for group, prefix in (("rank", "rank-"), ("tar_at_far", "TAR@FAR=")):
+        for k, x in (ci.get(group) or {}).items():
+            out[f"{prefix}{k}"] = "–" if x is None else f"[{x[0]:.3f}, {x[1]:.3f}]"
+    return out
+
+
 def _baseline_label(base: Mapping[str, Any]) -> str:
     name = str(base.get("backbone", "baseline"))
     return "the HOG baseline" if name == "hog" else f"the baseline ({name})"
@@ -216,12 +225,20 @@ def write_markdown(rep: Mapping[str, Any], path: Path) -> None:
         f"{c['skipped_files']} unreadable files skipped. {rep.get('seconds')} s.",
         "",
     ]
-    head = ["metric", name] + ([_baseline_label(base).removeprefix("the ")] if base else [])
+    ci = rep.get("intervals") or {}
+    head = ["metric", name] + (["95 % interval"] if ci else []) + (
+        [_baseline_label(base).removeprefix("the ")] if base else [])
     L += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     bcols = dict(_headline(base)) if base else {}
+    cis = _intervals(ci)
     for k, v in _headline(rep):
-        L.append(f"| {k} | {_fmt(v)} |" + (f" {_fmt(bcols.get(k))} |" if base else ""))
+        L.append(f"| {k} | {_fmt(v)} |" + (f" {cis.get(k, '–')} |" if ci else "")
+                 + (f" {_fmt(bcols.get(k))} |" if base else ""))
     L.append("")
+    if ci:
+        L += [f"Intervals: {ci['level']:.0%} percentile bootstrap, {ci['resamples']} resamples (seed {ci['seed']}) "
+              f"of the {ci['identities']} probe identities (a person's sketches move together); TAR's threshold "
+              "is recomputed in every resample. Per-probe ranks and scores: probes.jsonl.", ""]
     subsets = rep.get("subsets") or {}
     if subsets:
         first = next(iter(subsets.values()))

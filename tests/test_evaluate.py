@@ -247,3 +247,26 @@ def test_grayscale_turns_every_crop_grey(tmp_path):
     px = np.array([[[255, 0, 0], [10, 200, 30]]], np.uint8)
     assert _grey(px).tolist() == [[[76, 76, 76], [124, 124, 124]]]
     assert _grey(px[..., 0]).shape == (1, 2, 3)
+
+
+def test_intervals_and_per_probe_results(tmp_path):
+    """report.json and report.md carry bootstrap intervals around the estimates;
+    probes.jsonl holds each probe's rank and mate score; bootstrap 0 turns them off."""
+    data = make_pairs(tmp_path / "data", n=10)
+    swap_sketch(data, "id3", "id7")
+    cfg = evaluate.Config(probes=paired(data), gallery=paired(data), out=tmp_path / "out", worst=0, bootstrap=300)
+    rep = evaluate.run(cfg, progress=False)
+    ci = rep["intervals"]
+    assert ci["resamples"] == 300 and ci["identities"] == 10 and set(ci["rank"]) == {"1", "5", "10", "20"}
+    for k, (lo, hi) in ci["rank"].items():
+        assert lo <= rep["rank"][k] <= hi, k
+    assert ci["rank"]["1"][0] < ci["rank"]["1"][1]  # id3 is missed in some resamples only
+    recs = evaluate.read_probes(tmp_path / "out")
+    assert [r["probe"] for r in recs] == [f"id{k}" for k in range(10)]
+    assert recs[3]["rank"] > 1 and recs[3]["top_score"] > recs[3]["mate_score"]
+    assert sum(r["rank"] == 1 for r in recs) / 10 == rep["rank"]["1"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    lo, hi = ci["rank"]["1"]
+    assert f"| rank-1 | {rep['rank']['1']:.3f} | [{lo:.3f}, {hi:.3f}] |" in md and "probe identities" in md
+    assert evaluate.run(cfg.model_copy(update={"bootstrap": 0, "out": tmp_path / "o2"}), progress=False)["intervals"] is None
+    assert "95 % interval" not in (tmp_path / "o2" / "report.md").read_text()

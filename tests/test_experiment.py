@@ -12,6 +12,7 @@ from tinyclip import TINY_CLIP
 
 from c4s_core.errors import ConfigError, DataError
 from c4s_core.pipelines import experiment as ex
+from c4s_core.pipelines import experiment_report as rp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,8 +67,10 @@ def test_four_arms_and_hog_in_one_table_and_one_plot(finished):
         for m in by.values():
             assert 0.0 <= m["rank-1"] <= m["rank-10"] <= 1.0 and 0.0 <= m["AUC"] <= 1.0
     md = (out / "report.md").read_text()
-    tables = [ln for ln in md[:md.index("## Verdicts")].splitlines() if ln.startswith("|")]
+    tables = [ln for ln in md[md.index("## aligned"):md.index("## Verdicts")].splitlines() if ln.startswith("|")]
     assert len(tables) == 2 * (2 + 5)  # a table per protocol: header, rule, four arms and HOG
+    matchers = [ln for ln in md[md.index("## Matchers"):md.index("## aligned")].splitlines() if ln.startswith("|")]
+    assert len(matchers) == 2 + 4 and "the last epoch" in md  # no validation identities by default
     # each generated set judged by the real-only matcher, beside the real test sketches at the same gallery size
     judge = [ln for ln in md[md.index("## Identity fidelity"):].splitlines() if ln.startswith("|")]
     assert len(judge) == 2 + 3 and [ln.split(" | ")[0] for ln in judge[2:]] == ["| diffusion", "| gan", "| procedural"]
@@ -76,12 +79,14 @@ def test_four_arms_and_hog_in_one_table_and_one_plot(finished):
         assert j["generated"]["gallery_identities"] == j["real"]["gallery_identities"], arm
         assert 0.0 <= j["generated"]["rank1"] <= j["generated"]["rank10"] <= 1.0 and j["frechet_distance"] >= 0
     assert md.index("## aligned") < md.index("## perturbed")
-    assert tables[0] == "| matcher | rank-1 | rank-10 | TAR@FAR=1e-2 | AUC |"
+    assert tables[0] == "| matcher | rank-1 | rank-10 | TAR@FAR=1e-2 | AUC | rank-1 - real-only |"
     assert sum(ln.startswith("| HOG") for ln in tables) == 2
     for arm in ("diffusion", "gan", "procedural"):  # a sentence each: against HOG and against real-only
         line = next(ln for ln in md.splitlines() if ln.startswith(f"- **{arm}**"))
         assert "HOG" in line and "real-only" in line
-        assert re.search(r"(beats|does not beat|ties with) HOG", line)
+        assert re.search(r"(beats|does not beat|loses to|ties with) HOG", line)
+        assert "rank-1 difference" in line  # decided by the paired interval
+        assert f"real + {arm} - real-only: " in md
     assert "real-only" not in next(ln for ln in md.splitlines() if ln.startswith("- **real**"))
     assert (out / "cmc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # every stage folder has its config; the rerunnable pieces are there
@@ -90,6 +95,54 @@ def test_four_arms_and_hog_in_one_table_and_one_plot(finished):
     assert all((out / s / "config.yaml").is_file() for s in stages)
     assert (out / "02-generator-diffusion" / "generator" / "generator.json").is_file()
     assert json.loads((out / "results.json").read_text())["metrics"] == res["metrics"]
+
+
+def test_intervals_and_paired_differences(finished):
+    """Every evaluation has bootstrap intervals and per-probe ranks; each arm's
+    rank-1 difference from real-only (and from HOG) has a paired interval that
+    decides its verdict."""
+    from c4s_core.pipelines import evaluate
+
+    cfg, res = finished
+    out = Path(res["out"])
+    for name in ("real", "diffusion", "hog"):
+        for p in ("aligned", "perturbed"):
+            rep = json.loads((out / f"05-evaluate-{name}-{p}" / "report.json").read_text())
+            ci = rep["intervals"]
+            assert ci["resamples"] == 1000 and ci["unit"] == "probe identity" and ci["identities"] == 8
+            lo, hi = ci["rank"]["1"]
+            assert lo <= rep["rank"]["1"] <= hi, (name, p, rep["rank"]["1"], ci)
+            assert res["intervals"][name][p]["rank-1"] == [lo, hi]
+            recs = evaluate.read_probes(out / f"05-evaluate-{name}-{p}")
+            assert len(recs) == 8 and {r["probe"] for r in recs} == {f"te{k:05d}" for k in range(8)}
+            curve_rank1 = sum(r["rank"] == 1 for r in recs) / len(recs)
+            assert curve_rank1 == pytest.approx(rep["rank"]["1"])
+    for arm in ("diffusion", "gan", "procedural"):
+        for other in ("real", "hog"):
+            for p in ("aligned", "perturbed"):
+                d = res["differences"][arm][other][p]
+                assert d["difference"] == pytest.approx(res["metrics"][arm][p]["rank-1"] - res["metrics"][other][p]["rank-1"])
+                assert d["low"] <= d["difference"] <= d["high"] and d["matched_probes"] == 8
+                v = res["verdicts"][arm][other][p]
+                assert v["decided_by"].startswith("rank-1 difference")
+                assert v["verdict"] == rp._interval_verdict(d)
+    assert "real" in res["differences"] and "hog" in res["differences"]["real"]
+    # the same evaluation twice: exactly [0, 0], a tie
+    recs = {"aligned": evaluate.read_probes(out / "05-evaluate-real-aligned")}
+    same = rp._differences(["real"], ["hog"], {"real": recs, "hog": recs}, 500, 0)["real"]["hog"]["aligned"]
+    assert (same["difference"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+    assert rp._interval_verdict(same) == "ties with"
+
+
+def test_point_verdicts_without_bootstrap(finished):
+    """bootstrap: 0 keeps the old rule: point values decide."""
+    cfg, res = finished
+    out = Path(res["out"])
+    reports = {n: {p: json.loads((out / f"05-evaluate-{n}-{p}" / "report.json").read_text()) for p in ("aligned",)}
+               for n in ("real", "gan", "hog")}
+    v = ex._verdicts(["real", "gan"], ["hog"], reports)
+    assert v["gan"]["real"]["aligned"]["decided_by"].startswith("point values")
+    assert v["gan"]["real"]["aligned"]["verdict"] in ("beats", "does not beat", "ties with")
 
 
 def test_same_budget_for_every_arm(finished):
@@ -169,6 +222,63 @@ def test_a_copied_experiment_reruns_only_what_changed(finished, tmp_path):
     assert json.loads((Path(res["out"]) / "budget.json").read_text()) == res["budget"]
     with pytest.raises(ConfigError, match="finished with other settings"):
         ex.run(cfg.model_copy(update={"out": copy, "resume": True}), progress=False)
+
+
+def test_stage_json_written_before_new_fields_is_kept_or_rerun(finished):
+    """A matcher finished before train-matcher had val_data is kept (its marker
+    upgraded); an evaluation finished before intervals is run again."""
+    cfg, res = finished
+    out = Path(res["out"])
+    tm = ex._matcher_config(cfg, "real", res["data"]["train"], None, res["budget"]["arms"]["real"]["ratios"],
+                            out / "04-matcher-real")
+    ev = ex._evaluate_config(cfg, res["data"]["test"], ex.ComponentSpec(name="hog"), "aligned", None,
+                             out / "05-evaluate-hog-aligned")
+    for folder, stage_cfg in (("04-matcher-real", tm), ("05-evaluate-hog-aligned", ev)):
+        marker = out / folder / "stage.json"
+        rec = json.loads(marker.read_text())
+        assert rec["config_hash"] == ex._stage_hash(stage_cfg, out) != ex._stage_hash(stage_cfg, out, legacy=True)
+        marker.write_text(json.dumps({**rec, "config_hash": ex._stage_hash(stage_cfg, out, legacy=True)}))
+    res2 = ex.run(cfg.model_copy(update={"resume": True}), progress=False)
+    assert "04-matcher-real" in res2["skipped_stages"] and "05-evaluate-hog-aligned" not in res2["skipped_stages"]
+    for folder, stage_cfg in (("04-matcher-real", tm), ("05-evaluate-hog-aligned", ev)):
+        assert json.loads((out / folder / "stage.json").read_text())["config_hash"] == ex._stage_hash(stage_cfg, out)
+    assert res2["metrics"] == res["metrics"]
+
+
+def test_validation_identities_pick_the_checkpoint(tmp_path):
+    """matcher.val_fraction carves validation identities out of the training split:
+    disjoint from the test split and from what the matcher trains on; best/ is
+    evaluated and the report names its epoch and steps."""
+    from c4s_core.data.manifest import read_manifest
+    from c4s_core.plugins import get_registries
+
+    m = tiny(tmp_path / "x").matcher.model_dump()
+    cfg = tiny(tmp_path / "v", arms=["real"], matcher={**m, "val_fraction": 0.25, "epochs": 3},
+               evaluation={"worst": 0, "protocols": ["aligned"], "baselines": [], "bootstrap": 200})
+    res = ex.run(cfg, progress=False)
+    out = Path(res["out"])
+    val = {r["identity"] for r in read_manifest(out / "01-data" / "val.jsonl")}
+    fit = {r["identity"] for r in read_manifest(out / "01-data" / "matcher-train.jsonl")}
+    test = set(get_registries().dataset.build(cfg.test).identities())
+    train = set(get_registries().dataset.build(cfg.train).identities())
+    assert len(val) == 2 and fit | val == train and not val & fit and not val & test
+    stage = json.loads((out / "04-matcher-real" / "stage.json").read_text())["summary"]
+    assert stage["classes"] == 6 and stage["val_probes"] == 2 and stage["val_gallery"] == 2
+    assert res["budget"]["images_per_epoch"] == res["data"]["matcher_train_images"] == 12
+    sel = res["matchers"]["real"]
+    hist = stage["history"]
+    best = max(range(3), key=lambda e: (hist[e]["val_rank1"], -e)) + 1
+    assert sel["selected"] == "best" and sel["selected_epoch"] == stage["best_epoch"] == best
+    assert sel["selected_steps"] == hist[best - 1]["step"] == best * sel["optimizer_steps"] // 3
+    assert sel["selected_val_rank1"] == hist[best - 1]["val_rank1"]
+    import yaml
+
+    ec = yaml.safe_load((out / "05-evaluate-real-aligned" / "config.yaml").read_text())
+    assert ec["backbone"]["options"]["path"].endswith("04-matcher-real/best")
+    md = (out / "report.md").read_text()
+    assert "best epoch by rank-1 on 2 validation identities" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| real |"))
+    assert f"| {best} | {sel['selected_steps']} |" in row
 
 
 def test_stage_json_written_before_relative_hashing_is_upgraded(finished, tmp_path):

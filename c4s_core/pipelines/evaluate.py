@@ -12,6 +12,10 @@ Writes to ``OUT``:
 - ``report.json``: rank-1/5/10/20, TAR at FAR 1e-1/1e-2/1e-3, ROC AUC, the CMC
   and ROC points, counts (including images without a face and unreadable
   files), per-subset metrics, the worst failures and the baseline comparison;
+- ``probes.jsonl``: one line per probe kept (position ``i``, identity, path,
+  subset, rank of its mate identity (0: no mate in the gallery), mate score,
+  best wrong score), so two evaluations of the same probes can be compared
+  probe by probe (``c4s experiment`` does: a paired bootstrap of rank-1);
 - ``report.md``: the same as a readable page with the figures below and, when
   ``baseline`` or ``compare_with_hog`` is set, a plain sentence saying whether
   the backbone beats the baseline;
@@ -29,6 +33,15 @@ subset's metrics rank its probes against the whole gallery.
 Ties (see :mod:`c4s_core.metrics`) count against the matcher: a mate tied with
 another identity is ranked behind it; a genuine score equal to a FAR threshold
 is rejected.
+
+**Intervals.** With ``bootstrap: N`` (default 1,000; 0: off) every rank-k and
+TAR at FAR in report.json and report.md gets a 95 % percentile bootstrap
+interval (``intervals``, per subset too), resampling **probe identities** with
+replacement (all sketches of a drawn person come along: they are not
+independent), seeded by ``bootstrap_seed``. TAR's threshold is recomputed in
+every resample from that resample's impostor pairs (the same at-most-FAR rule),
+so the interval includes the threshold's own uncertainty; see
+:mod:`c4s_core.metrics`.
 
 ``perturb`` applies a small random similarity (shift, scale, rotation; seeded)
 to every probe before alignment: a robustness check for aligners and backbones.
@@ -96,6 +109,10 @@ class Config(C4SModel):
     compare_with_hog: bool = Field(
         False, description="Also embed the same aligned images with HOG and say in report.md whether the backbone beats it."
     )
+    bootstrap: int = Field(
+        1000, ge=0, le=100_000, description="Bootstrap resamples (over probe identities) for the 95 % interval of "
+        "every rank-k and TAR@FAR; 0: no intervals.")
+    bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrap resamples.")
     worst: int = Field(12, ge=0, le=200, description="Rows of the worst-failures contact sheet (0: none).")
     block_mb: int = Field(
         256, ge=8, le=16384, description="Memory for one block of the similarity matrix, in MiB (pair scores come on top: 4 bytes each)."
@@ -189,7 +206,19 @@ def _subsets(samples, pattern: str | None) -> tuple[list[str | None], str | None
     return labels, " and ".join(src)
 
 
+def read_probes(folder: Path) -> list[dict[str, Any]] | None:
+    """The per-probe records (``probes.jsonl``) of an evaluate output folder; None
+    when it has none (written by a c4s before per-probe results)."""
+    import json
+
+    p = Path(folder) / "probes.jsonl"
+    if not p.is_file():
+        return None
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+
+
 def run(config: Config, progress: bool = True) -> dict[str, Any]:
+    import json
     import time
 
     import numpy as np
@@ -276,7 +305,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
 
     res, backbone_no_face = embed_and_match(backbone, config.backbone.name)
 
-    def summary(r, rows=None) -> dict[str, Any]:
+    def summary(r, rows=None, intervals=False) -> dict[str, Any]:
         curve, used = r.cmc(rows)
         gen, imp = r.pairs(rows)
         v = metrics.verification(gen, imp)
@@ -284,7 +313,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         def at(k):
             return float(curve[min(k, len(curve)) - 1]) if used else None
 
-        return {
+        out = {
             "probes_used": used,
             "rank": {str(k): at(k) for k in RANKS},
             "tar_at_far": {f"{f:.0e}": t for f, t in v["tar_at_far"].items()},
@@ -293,8 +322,16 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             "_v": v,
             "_pairs": (gen, imp),
         }
+        if intervals and config.bootstrap:
+            ci = metrics.bootstrap_intervals(r, probe_ids, config.bootstrap, config.bootstrap_seed,
+                                             RANKS, metrics.FARS, rows)
+            out["intervals"] = {**{k: ci[k] for k in ("level", "resamples", "seed", "unit", "identities")},
+                                "rank": {str(k): x for k, x in ci["rank"].items()},
+                                "tar_at_far": {f"{f:.0e}": x for f, x in ci["tar_at_far"].items()},
+                                "tar_threshold": "recomputed in every resample from its impostor pairs"}
+        return out
 
-    main = summary(res)
+    main = summary(res, intervals=True)
     v = main["_v"]
     gen, imp = main["_pairs"]
     report: dict[str, Any] = {
@@ -303,6 +340,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         "rank": main["rank"],
         "tar_at_far": main["tar_at_far"],
         "auc": main["auc"],
+        "intervals": main.get("intervals"),
         "thresholds": {f"{f:.0e}": t for f, t in v["threshold"].items()},
         "cmc": [round(float(x), 6) for x in main["_curve"][:CURVE_POINTS]],
         "roc": {"far": [float(x) for x in v["roc"][0]], "tar": [float(x) for x in v["roc"][1]]},
@@ -333,9 +371,21 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         lab = np.array([x or "other" for x in labels], dtype=object)
         for name in sorted(set(lab)):
             rows = np.flatnonzero(lab == name)
-            s = summary(res, rows)
+            s = summary(res, rows, intervals=True)
             report["subsets"][name] = {"probes": int(len(rows)),
                                        **{k: x for k, x in s.items() if not k.startswith("_")}}
+
+    # per probe, so that two evaluations of the same probes can be compared probe by probe
+    from ..data.io import atomic_write_bytes
+
+    def num(x):
+        return None if not np.isfinite(x) else round(float(x), 6)
+
+    lines = [json.dumps({"i": i, "probe": probe_ids[i], "path": probes[pkeep[i]].path,
+                         "subset": labels[i] if source else None, "rank": int(res.ranks[i]),
+                         "mate_score": num(res.mate_score[i]), "top_score": num(res.top_score[i])})
+             for i in range(n_p)]
+    atomic_write_bytes(out / "probes.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
 
     # worst failures: lowest mate rank first, then largest (top wrong - mate) margin
     failed = np.flatnonzero(res.ranks > 1)
@@ -408,6 +458,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             ])
         rp.failure_sheet(rows, out / "worst_failures.png")
         files["worst_failures"] = "worst_failures.png"
+    files["probes"] = "probes.jsonl"
     files["report_md"] = "report.md"
     report["files"] = files
     report["seconds"] = round(time.time() - t0, 2)

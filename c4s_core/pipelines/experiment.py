@@ -24,9 +24,16 @@ set (train-matcher's per-source ``ratio`` = wanted images / images in the
 source: 2.5 means twice over plus a random half). Defaults: ``images_per_epoch``
 = the largest arm's pooled data (real + synthetic), ``real_share`` = the real
 data's natural share of it, so a mixed arm sees each image once per epoch.
-There is no validation split inside train-matcher (``val_fraction`` 0): the
-matcher of the last epoch is evaluated (choosing an epoch on the test split
-would flatter it).
+**Checkpoint selection.** With ``matcher.val_fraction`` 0 (the default) the
+matcher of the last epoch is evaluated. With ``matcher.val_fraction`` > 0 that
+share of the *training* identities (never the test split) is carved out in
+``01-data/val.jsonl``; no matcher trains on them (every arm trains on
+``01-data/matcher-train.jsonl``, the rest), each arm's train-matcher ranks their
+sketches against their photos after every epoch and keeps the best epoch in
+``best/``, and that checkpoint is evaluated. The report gives each arm's chosen
+epoch and the optimizer steps it had taken. The generators still learn from the
+whole training split (they draw new people, never the validation ones). Choosing
+an epoch on the test split would flatter the matcher; validation identities do not.
 
 **Data.** ``train`` gives the real training pairs (photos + sketches sharing
 identities), ``test`` the probes (sketches) and gallery (photos) of other
@@ -42,6 +49,16 @@ of ``protocols``: ``aligned`` (probes as drawn), ``perturbed`` (probes shifted,
 scaled and rotated a little: real forensic sketches are never pixel-aligned),
 ``distractors`` (gallery enlarged with the distractor photos) and
 ``forensic`` (both); ``grayscale`` turns every image grey first.
+
+**Statistics.** Every evaluation reports 95 % bootstrap intervals over probe
+identities (``evaluation.bootstrap`` resamples, seeded; evaluate's
+``probes.jsonl`` holds each probe's rank). Each arm's rank-1 minus real-only's
+(and minus each baseline's) gets a *paired* bootstrap interval: both
+evaluations are resampled with the same probe identities, so the people they
+share cancel. A verdict "beats" needs that interval above zero, "loses to" below
+it; an interval holding zero "does not beat" (not shown). With
+``evaluation.bootstrap: 0`` verdicts compare point values as before (rank-1,
+then AUC, then TAR).
 
 Output (``OUT``): one folder per stage, each with its ``config.yaml`` (rerun a
 stage alone with ``c4s <stage> --config``) and ``stage.json`` (written when it
@@ -69,7 +86,7 @@ from ..config import C4SModel, ComponentSpec
 from .evaluate import Perturb
 from .experiment_data import _prealign, _prepare_data
 from .experiment_protocols import _PROTOCOL, PROTOCOLS, Protocol
-from .experiment_report import _metrics, _plot, _report, _verdicts
+from .experiment_report import _differences, _intervals, _metrics, _plot, _report, _verdicts
 from .experiment_stages import (
     _budget,
     _evaluate_config,
@@ -77,6 +94,7 @@ from .experiment_stages import (
     _generator_config,
     _matcher_config,
     _stage_hash,
+    _validation_split,
 )
 
 ARMS = ("real", "diffusion", "gan", "procedural")
@@ -124,6 +142,10 @@ class MatcherSettings(C4SModel):
         None, ge=2, description="Images each arm sees per epoch (the budget); none: the largest arm's data.")
     real_share: float | None = Field(
         None, gt=0.0, lt=1.0, description="Share of a mixed arm's epoch drawn from the real data; none: its natural share.")
+    val_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of the real training identities (never test) held out to pick each "
+        "arm's best epoch by validation rank-1 (train-matcher's best/), which is then evaluated; 0: no validation, "
+        "the last epoch is evaluated.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if available.")
     threads: int | None = Field(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
     options: dict[str, Any] = Field(
@@ -152,6 +174,11 @@ class Evaluation(C4SModel):
     batch_size: int = Field(32, ge=1, le=4096, description="Images per align/embed batch.")
     subset_pattern: str | None = Field(None, description="evaluate's subset_pattern (CUFS: '^(?P<subset>[^_]+)_').")
     worst: int = Field(12, ge=0, le=200, description="Rows of each evaluation's worst-failures sheet (0: none).")
+    bootstrap: int = Field(
+        1000, ge=0, le=100_000, description="Bootstrap resamples over probe identities: 95 % intervals of every "
+        "rank-k and TAR, and paired intervals of each arm's rank-1 difference that the verdicts use; 0: none "
+        "(verdicts compare point values).")
+    bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrap resamples (the same draws for every arm).")
 
     @field_validator("protocols")
     @classmethod
@@ -295,6 +322,20 @@ class Config(C4SModel):
 # -- the run ---------------------------------------------------------------------------------
 
 
+def _selection(summary: dict[str, Any], hist: list[dict[str, Any]], steps: int | None, validated: bool) -> dict[str, Any]:
+    """The checkpoint an arm's evaluation uses: its epoch, the optimizer steps
+    taken by then, and its validation rank-1 (best/ with validation, else last/)."""
+    done = summary.get("epochs_done") or len(hist)
+    epoch = summary.get("best_epoch") if validated else done
+    rec = hist[epoch - 1] if epoch and 0 < epoch <= len(hist) else {}
+    at = rec.get("step")
+    if at is None and steps is not None and done:  # histories written before "step": every epoch is as long
+        at = round(steps * epoch / done) if epoch else None
+    return {"selected": "best" if validated else "last", "selected_epoch": epoch, "selected_steps": at,
+            "selected_val_rank1": rec.get("val_rank1"),
+            "val_probes": summary.get("val_probes") if validated else None}
+
+
 def run(config: Config, progress: bool = True) -> dict[str, Any]:
     import sys
     import time
@@ -320,23 +361,36 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     count = [0]
     skipped: list[str] = []
 
-    def stage(name: str, folder: Path, stage_cfg, runner, resumable=None):
-        """Run one stage, or skip it when its stage.json says it finished with this config."""
+    def stage(name: str, folder: Path, stage_cfg, runner, resumable=None, legacy: str | None = None):
+        """Run one stage, or skip it when its stage.json says it finished with this config.
+        ``legacy``: a stage.json written before the stage config gained fields
+        (``_ADDED_FIELDS``) and otherwise the same: "accept" it (the new fields'
+        values mean what ran) or "rerun" the stage (cheap, and it now writes more)."""
         count[0] += 1
         h = _stage_hash(stage_cfg, out)
         marker = folder / "stage.json"
+        rerun = False
         if marker.is_file():
             done = json.loads(marker.read_text())
             old = done.get("config_hash")
             if old != h and old == _stage_hash(stage_cfg):  # written before relative hashing
                 done["config_hash"] = h
                 write_json(marker, done)
-            if done.get("config_hash") != h:
+            if (old != h and legacy is not None
+                    and old in (_stage_hash(stage_cfg, out, legacy=True), _stage_hash(stage_cfg, legacy=True))):
+                if legacy == "accept":
+                    done["config_hash"] = h
+                    write_json(marker, done)
+                else:
+                    rerun = True
+            if done.get("config_hash") != h and not rerun:
                 raise ConfigError(f"{folder} holds stage {name!r} finished with other settings; delete that folder "
                                   "or use another --out")
-            say(f"[{count[0]}/{total}] {name}: done already, skipped")
-            skipped.append(str(folder.relative_to(out)))
-            return done["summary"]
+            if not rerun:
+                say(f"[{count[0]}/{total}] {name}: done already, skipped")
+                skipped.append(str(folder.relative_to(out)))
+                return done["summary"]
+            say(f"  {folder} was finished by an older c4s: running it again for its new outputs")
         say(f"[{count[0]}/{total}] {name} -> {folder}")
         if resumable is not None and resumable():
             stage_cfg = stage_cfg.model_copy(update={"resume": True})
@@ -358,7 +412,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     if cfg.prealign is not None:
         total += sum(x is not None for x in (cfg.train, cfg.test, cfg.distractors)) + any(a != "real" for a in cfg.arms)
         cfg = _prealign(cfg, data_dir, stage)
-    data = _prepare_data(cfg, data_dir, say)
+    data = _validation_split(cfg, _prepare_data(cfg, data_dir, say), data_dir, say)
     write_json(data_dir / "data.json", data)
 
     # 2. generators, 3. generated sets
@@ -391,23 +445,26 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     from ..data.manifest import read_manifest
 
     n_synth = {arm: len(read_manifest(p)) for arm, p in gen_sets.items()}
-    budget = _budget(cfg, data["train_images"], n_synth)
+    budget = _budget(cfg, data["matcher_train_images"], n_synth)
     write_json(out / "budget.json", budget)
     say(f"budget: {budget['images_per_epoch']} images per epoch, {budget['steps']} optimizer steps per arm")
     matchers: dict[str, Path] = {}
     train_summaries: dict[str, Any] = {}
     for arm in cfg.arms:
         mdir = out / f"04-matcher-{arm}"
-        tm = _matcher_config(cfg, arm, data["train"], gen_sets.get(arm), budget["arms"][arm]["ratios"], mdir)
+        tm = _matcher_config(cfg, arm, data["matcher_train"], gen_sets.get(arm), budget["arms"][arm]["ratios"], mdir,
+                             data["val"])
         s = stage(f"train-matcher ({arm})", mdir, tm, train_matcher.run,
-                  lambda d=mdir: (d / "last" / "state.json").is_file())
-        matchers[arm] = mdir / "last"
+                  lambda d=mdir: (d / "last" / "state.json").is_file(), legacy="accept")
+        validated = data["val"] is not None
+        matchers[arm] = mdir / ("best" if validated else "last")
         train_summaries[arm] = {k: s.get(k) for k in ("epochs_done", "train_images", "classes", "seconds")}
         hist = s.get("history") or []
         train_summaries[arm]["final_loss"] = hist[-1]["loss"] if hist else None
         state = mdir / "last" / "state.json"  # the optimizer steps actually taken
         doc = json.loads(state.read_text()) if state.is_file() else {}
-        train_summaries[arm]["optimizer_steps"] = doc.get("state", doc).get("step")  # hashed or older layout
+        steps = train_summaries[arm]["optimizer_steps"] = doc.get("state", doc).get("step")  # hashed or older layout
+        train_summaries[arm].update(_selection(s, hist, steps, validated))
 
     # 4b. identity fidelity of each generated set, judged by the real-only matcher (never trained on synthetic data)
     judges: dict[str, Any] = {}
@@ -424,29 +481,36 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     # 5. evaluation: baselines first (the first one is each arm's report.md comparison)
     probes = cfg.evaluation.protocols
     reports: dict[str, dict[str, Any]] = {}
+    per_probe: dict[str, dict[str, Any]] = {}
     first: dict[str, Path] = {}
     for name in cfg.evaluation.baselines:
         for p in probes:
             edir = out / f"05-evaluate-{name}-{p}"
             ec = _evaluate_config(cfg, data["test"], ComponentSpec(name=name), p, None, edir)
-            stage(f"evaluate ({name}, {p})", edir, ec, evaluate.run)
+            stage(f"evaluate ({name}, {p})", edir, ec, evaluate.run, legacy="rerun")
             reports.setdefault(name, {})[p] = json.loads((edir / "report.json").read_text())
+            per_probe.setdefault(name, {})[p] = evaluate.read_probes(edir)
             first.setdefault(p, edir / "report.json")
     for arm in cfg.arms:
         for p in probes:
             edir = out / f"05-evaluate-{arm}-{p}"
             bb = ComponentSpec(name="matcher", options={"path": str(matchers[arm].resolve())})
             ec = _evaluate_config(cfg, data["test"], bb, p, first.get(p), edir)
-            stage(f"evaluate ({arm}, {p})", edir, ec, evaluate.run)
+            stage(f"evaluate ({arm}, {p})", edir, ec, evaluate.run, legacy="rerun")
             reports.setdefault(arm, {})[p] = json.loads((edir / "report.json").read_text())
+            per_probe.setdefault(arm, {})[p] = evaluate.read_probes(edir)
 
     # 6. table, plot, sentences
     rows = {name: {p: _metrics(r) for p, r in by.items()} for name, by in reports.items()}
-    verdicts = _verdicts(cfg.arms, cfg.evaluation.baselines, reports)
+    ev = cfg.evaluation
+    diffs = _differences(cfg.arms, ev.baselines, per_probe, ev.bootstrap, ev.bootstrap_seed) if ev.bootstrap else {}
+    verdicts = _verdicts(cfg.arms, ev.baselines, reports, diffs)
     _plot(reports, out / "cmc.png")
     results = {
         "out": str(out), "arms": cfg.arms, "probes": probes, "data": data, "budget": budget,
-        "generators": gen_summaries, "matchers": train_summaries, "metrics": rows, "verdicts": verdicts,
+        "generators": gen_summaries, "matchers": train_summaries, "metrics": rows,
+        "intervals": {name: {p: _intervals(r) for p, r in by.items()} for name, by in reports.items()},
+        "differences": diffs, "verdicts": verdicts,
         "judges": judges,
         "counts": {p: {k: reports[n][p]["counts"].get(k) for k in ("probes_used", "gallery_identities")}
                    for n in list(reports)[:1] for p in probes},

@@ -1,4 +1,5 @@
-"""The experiment's report: metrics per arm and protocol, verdicts against the
+"""The experiment's report: metrics per arm and protocol with their bootstrap
+intervals, paired bootstrap differences of rank-1, verdicts against the
 baselines and the real-only arm, the CMC panels (``cmc.png``) and ``report.md``."""
 
 from __future__ import annotations
@@ -25,6 +26,84 @@ def _metrics(rep: dict[str, Any]) -> dict[str, float | None]:
     return m
 
 
+def _intervals(rep: dict[str, Any]) -> dict[str, list[float] | None]:
+    """The 95 % interval of each of METRICS in an evaluate report (none for AUC, or without bootstrap)."""
+    ci = rep.get("intervals") or {}
+    out = {}
+    for label, keys in METRICS:
+        if keys[0] in ("rank", "tar_at_far"):
+            out[label] = (ci.get(keys[0]) or {}).get(keys[1])
+    return out
+
+
+def _paired(a: list[dict[str, Any]] | None, b: list[dict[str, Any]] | None) -> tuple[list, list, list] | None:
+    """(ranks a, ranks b, probe identities) of the probes both per-probe lists hold, in a's order."""
+    if not a or not b:
+        return None
+    key = lambda r: (r.get("i"), r.get("probe"), r.get("path"))  # noqa: E731
+    rb = {key(r): r["rank"] for r in b}
+    both = [r for r in a if key(r) in rb]
+    if not both:
+        return None
+    return [r["rank"] for r in both], [rb[key(r)] for r in both], [r["probe"] for r in both]
+
+
+def _differences(arms: list[str], baselines: list[str], per_probe: dict[str, dict[str, Any]],
+                 resamples: int, seed: int) -> dict[str, Any]:
+    """Rank-1 of each arm (and baseline) minus rank-1 of real-only and of each
+    baseline, per protocol, with a paired bootstrap interval over probe
+    identities (metrics.paired_rank_difference: the same resampled identities
+    for both). ``{name: {other: {protocol: {difference, low, high, ...} | None}}}``;
+    None where an evaluation has no probes.jsonl (run by an older c4s)."""
+    import numpy as np
+
+    from ..metrics import paired_rank_difference
+
+    out: dict[str, Any] = {}
+    for name in [*arms, *baselines]:
+        for other in [*baselines, "real"]:
+            if other == name or other not in per_probe or name not in per_probe or (name in baselines and other in baselines):
+                continue
+            by = {}
+            for p, recs in per_probe[name].items():
+                pair = _paired(recs, per_probe[other].get(p))
+                if pair is None:
+                    by[p] = None
+                    continue
+                ra, rb, ids = pair
+                d = paired_rank_difference(np.array(ra), np.array(rb), ids, 1, resamples, seed)
+                by[p] = {**d, "compared": f"{name} - {other}", "matched_probes": len(ids),
+                         "probes_a": len(recs), "probes_b": len(per_probe[other].get(p) or [])}
+            out.setdefault(name, {})[other] = by
+    return out
+
+
+def _signed(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.3f}"
+
+
+def _diff_text(d: dict[str, Any] | None) -> str:
+    """"+0.031 [+0.004, +0.058]" (the interval only when bootstrapped)."""
+    if not d or d.get("difference") is None:
+        return "–"
+    if d.get("low") is None:
+        return _signed(d["difference"])
+    return f"{_signed(d['difference'])} [{_signed(d['low'])}, {_signed(d['high'])}]"
+
+
+def _interval_verdict(d: dict[str, Any]) -> str:
+    """beats: the difference's interval is above zero; loses to: below zero;
+    ties with: exactly [0, 0] (the same ranks); does not beat: it holds zero."""
+    lo, hi = d["low"], d["high"]
+    if lo > 0:
+        return "beats"
+    if hi < 0:
+        return "loses to"
+    if lo == hi == 0:
+        return "ties with"
+    return "does not beat"
+
+
 def _cmp(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str]:
     """(verdict, figures) of report a against report b: rank-1 decides, then AUC, then
     TAR at the smallest FAR (report.compare_sentence)."""
@@ -35,15 +114,31 @@ def _cmp(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str]:
     return verdict, f"rank-1 {f(a['rank'].get('1'))} vs {f(b['rank'].get('1'))}, AUC {f(a.get('auc'))} vs {f(b.get('auc'))}"
 
 
-def _verdicts(arms: list[str], baselines: list[str], reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _verdicts(arms: list[str], baselines: list[str], reports: dict[str, dict[str, Any]],
+              differences: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per arm, against each baseline and real-only, per protocol: ``verdict``,
+    ``figures`` and ``decided_by``. Where ``differences`` holds a bootstrapped
+    rank-1 difference, its 95 % interval decides (:func:`_interval_verdict`);
+    otherwise (``bootstrap: 0``, or evaluations without probes.jsonl) point
+    values do: rank-1, then AUC, then TAR (report.compare_sentence)."""
     out: dict[str, Any] = {}
     for arm in arms:
         v: dict[str, Any] = {}
         for other in [*baselines, "real"]:
             if other not in reports or other == arm:
                 continue
-            v[other] = {p: dict(zip(("verdict", "figures"), _cmp(reports[arm][p], reports[other][p]), strict=True))
-                        for p in reports[arm]}
+            by = {}
+            for p in reports[arm]:
+                verdict, figures = _cmp(reports[arm][p], reports[other][p])
+                d = ((differences or {}).get(arm) or {}).get(other, {}).get(p)
+                if d and d.get("low") is not None:
+                    by[p] = {"verdict": _interval_verdict(d),
+                             "figures": f"{figures}, rank-1 difference {_diff_text(d)}",
+                             "decided_by": "rank-1 difference, 95 % paired bootstrap interval over probe identities"}
+                else:
+                    by[p] = {"verdict": verdict, "figures": figures,
+                             "decided_by": "point values (rank-1, then AUC, then TAR)"}
+            v[other] = by
         out[arm] = v
     return out
 
@@ -109,19 +204,46 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
          f"{budget['steps']} optimizer steps per arm (batch {cfg.matcher.batch_size})."
          + (" All images grey." if ev.grayscale else ""), ""]
     names = list(cfg.arms) + [b for b in ev.baselines if b in res["metrics"]]
+    diffs = res.get("differences") or {}
+    vs_real = "real" in cfg.arms and bool(diffs)
+    if res.get("matchers"):
+        L += _matcher_table(res, cfg)
+    if ev.bootstrap:
+        L += [f"Brackets: 95 % bootstrap intervals, {ev.bootstrap} resamples of the test's probe identities (seed "
+              f"{ev.bootstrap_seed}; a person's sketches move together; TAR's threshold recomputed per resample)."
+              + (" The last column is rank-1 minus real-only's on the same resampled identities (paired)."
+                 if vs_real else ""), ""]
     for p in probes:
         c = res["counts"].get(p, {})
+        extra = ["rank-1 - real-only"] if vs_real else []
         L += [f"## {p}", "", f"{_PROTOCOL_TEXT[p]}; {c.get('probes_used')} probes, "
               f"{c.get('gallery_identities')} gallery identities.", "",
-              "| matcher | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+              "| matcher | " + " | ".join(labels + extra) + " |", "|---|" + "---|" * len(labels + extra)]
         for name in names:
             by = res["metrics"][name].get(p, {})
-            cells = ["–" if by.get(m) is None else f"{by[m]:.3f}" for m in labels]
+            ci = (res.get("intervals") or {}).get(name, {}).get(p, {})
+            cells = ["–" if by.get(m) is None else f"{by[m]:.3f}" + (f" [{ci[m][0]:.3f}, {ci[m][1]:.3f}]" if ci.get(m) else "")
+                     for m in labels]
+            if vs_real:
+                cells.append("–" if name == "real" else _diff_text((diffs.get(name) or {}).get("real", {}).get(p)))
             shown = f"{_label(name)} (no training on sketches)" if name in ev.baselines else name
             L.append(f"| {shown} | " + " | ".join(cells) + " |")
         L.append("")
     L += ["## Verdicts", ""]
+    if diffs:
+        L += ["A verdict \"beats\" needs the 95 % paired bootstrap interval of the rank-1 difference above zero "
+              "(\"loses to\": below zero; \"does not beat\": it holds zero, so the data cannot tell).", ""]
+    else:
+        L += ["Verdicts compare point values (rank-1, then AUC, then TAR); no bootstrap intervals "
+              "(evaluation.bootstrap: 0).", ""]
     L += [_sentence(arm, res["verdicts"][arm]) for arm in cfg.arms]
+    if vs_real:
+        L += ["", "Rank-1 differences from real-only (paired bootstrap, 95 %):", ""]
+        for arm in cfg.arms:
+            if arm == "real":
+                continue
+            by = (diffs.get(arm) or {}).get("real", {})
+            L.append("- " + "; ".join(f"{p}: real + {arm} - real-only: {_diff_text(by.get(p))}" for p in probes))
     for b in ev.baselines:
         learnt = [a for a in cfg.arms if b in res["verdicts"][a]]
         losers = [a for a in learnt if any(d["verdict"] != "beats" for d in res["verdicts"][a][b].values())]
@@ -137,6 +259,24 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
           "holds its `config.yaml` and `stage.json` (seconds, peak memory); each evaluation has its own report.md "
           "with ROC, score histograms and worst failures.", ""]
     return "\n".join(L)
+
+
+def _matcher_table(res: dict[str, Any], cfg: Config) -> list[str]:
+    """Per arm: the steps it took, the checkpoint evaluated (epoch, steps by then, validation rank-1)."""
+    data = res["data"]
+    val = data.get("validation")
+    L = ["## Matchers", "",
+         (f"Checkpoint: the best epoch by rank-1 on {val['identities']} validation identities carved out of the "
+          f"training split (matcher.val_fraction={val['val_fraction']}; never trained on, never in the test split); "
+          f"every matcher trains on the other {val['matcher_train_identities']}."
+          if val else "Checkpoint: the last epoch (no validation identities; matcher.val_fraction: 0)."), "",
+         "| arm | epochs | optimizer steps | evaluated epoch | its steps | its validation rank-1 |",
+         "|---|---|---|---|---|---|"]
+    f = lambda x: "–" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)  # noqa: E731
+    for arm, m in res["matchers"].items():
+        L.append(f"| {arm} | {f(m.get('epochs_done'))} | {f(m.get('optimizer_steps'))} | {f(m.get('selected_epoch'))} | "
+                 f"{f(m.get('selected_steps'))} | {f(m.get('selected_val_rank1'))} |")
+    return [*L, ""]
 
 
 def _judge_table(judges: dict[str, Any]) -> list[str]:

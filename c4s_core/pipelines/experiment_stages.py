@@ -1,6 +1,7 @@
 """The experiment's stages: each one's config (train-generator, generate,
 train-matcher, evaluate), built from the experiment's ``Config``; the hash that
-tells a finished stage from a changed one; the same-budget plan of the matchers."""
+tells a finished stage from a changed one; the same-budget plan of the matchers;
+the validation identities carved out of the training split."""
 
 from __future__ import annotations
 
@@ -43,15 +44,25 @@ def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path):
     )
 
 
-def _stage_hash(stage_cfg, out: Path | None = None) -> str:
+# stage-config fields added after experiments were run, and the values that mean
+# "as before" (None: any value; the stage is rerun, see experiment.run's `legacy`)
+_ADDED_FIELDS: dict[str, Any] = {"val_data": [], "bootstrap": None, "bootstrap_seed": None}
+
+
+def _stage_hash(stage_cfg, out: Path | None = None, legacy: bool = False) -> str:
     """Hash of a stage's settings. Paths inside the experiment folder ``out`` are
     hashed relative to it, so a copied or moved experiment resumes there: copy a
     finished one, change the matcher settings, and only the matcher and
     evaluation stages run again. ``out=None``: the raw settings (stage.json
-    files written before relative hashing; upgraded when they match)."""
+    files written before relative hashing; upgraded when they match).
+    ``legacy``: without the fields added since (``_ADDED_FIELDS``), the hash a
+    stage.json written before them holds."""
     import hashlib
 
     data = json.loads(stage_cfg.model_dump_json(exclude={"resume", "stop_after"}))
+    if legacy:
+        data = {k: v for k, v in data.items()
+                if not (k in _ADDED_FIELDS and (_ADDED_FIELDS[k] is None or v == _ADDED_FIELDS[k]))}
     text = json.dumps(data, sort_keys=True, default=str)
     if out is not None:  # the absolute form first: the relative one is a substring of it
         for root in dict.fromkeys((str(out.resolve()), str(out))):
@@ -88,7 +99,9 @@ def _budget(cfg: Config, n_real: int, n_synth: dict[str, int]) -> dict[str, Any]
     return {"images_per_epoch": ipe, "steps": steps, "arms": plan}
 
 
-def _matcher_config(cfg: Config, arm: str, train_spec: dict, gen_manifest: Path | None, ratios: list[float], out: Path):
+def _matcher_config(cfg: Config, arm: str, train_spec: dict, gen_manifest: Path | None, ratios: list[float], out: Path,
+                    val_spec: dict | None = None):
+    """train-matcher's config; ``val_spec``: the validation identities (never trained on) that pick best/."""
     from .train_matcher import Config as TM
 
     data = [{"dataset": train_spec, "ratio": ratios[0]}]
@@ -99,7 +112,7 @@ def _matcher_config(cfg: Config, arm: str, train_spec: dict, gen_manifest: Path 
     return TM.model_validate({
         **m.options, "data": data, "aligner": cfg.aligner, "backbone": m.backbone, "head": m.head,
         "epochs": m.epochs, "batch_size": m.batch_size, "lr": m.lr, "device": m.device, "threads": m.threads,
-        "val_fraction": 0.0, "seed": cfg.seed, "out": out,
+        "val_fraction": 0.0, "val_data": [{"dataset": val_spec}] if val_spec else [], "seed": cfg.seed, "out": out,
     })
 
 
@@ -112,5 +125,45 @@ def _evaluate_config(cfg: Config, test_spec: dict, backbone: ComponentSpec, prot
     return E(probes=test_spec, gallery=test_spec, distractors=cfg.distractors if enlarged else None,
              backbone=backbone, aligner=cfg.aligner, perturb=ev.perturb if perturbed else None,
              grayscale=ev.grayscale, batch_size=ev.batch_size, subset_pattern=ev.subset_pattern, worst=ev.worst,
-             baseline=baseline, out=out)
+             bootstrap=ev.bootstrap, bootstrap_seed=ev.bootstrap_seed, baseline=baseline, out=out)
+
+
+# -- validation identities ---------------------------------------------------------------
+
+
+def _validation_split(cfg: Config, data: dict[str, Any], folder: Path, say) -> dict[str, Any]:
+    """Carve ``matcher.val_fraction`` of the training identities (with a photo and
+    a sketch; seeded) out of the training split for checkpoint selection:
+    ``folder/val.jsonl`` (never trained on by any matcher) and
+    ``folder/matcher-train.jsonl`` (the rest, what every matcher trains on).
+    The test split is never touched. Adds ``matcher_train``, ``val`` and their
+    counts to ``data``; without validation both point at the training split."""
+    import numpy as np
+
+    from ..errors import DataError
+    from ..plugins import get_registries
+    from .experiment_data import _identities, _materialize
+
+    f = cfg.matcher.val_fraction
+    if not f:
+        return {**data, "matcher_train": data["train"], "val": None, "matcher_train_images": data["train_images"]}
+    regs = get_registries()
+    train_ds = regs.dataset.build(ComponentSpec.model_validate(data["train"]))
+    both = sorted(_identities(train_ds, "photo") & _identities(train_ds, "sketch"))
+    n_val = max(2, int(round(f * len(both))))
+    if n_val > len(both) - 2:
+        raise DataError(f"the training split has {len(both)} identities with a photo and a sketch: too few to hold "
+                        f"out matcher.val_fraction={f} for validation and still train; lower it or set it to 0")
+    rng = np.random.default_rng([cfg.seed, 0x7A11D])
+    val_ids = set(rng.permutation(np.array(both, dtype=object))[:n_val].tolist())
+    fit_ids = _identities(train_ds) - val_ids
+    n_fit = _materialize(train_ds, fit_ids, folder / "matcher-train", folder / "matcher-train.jsonl")
+    n_val_images = _materialize(train_ds, val_ids, folder / "val", folder / "val.jsonl")
+    say(f"held out {len(val_ids)} of {len(both)} training identities to pick each matcher's best epoch")
+    spec = lambda name: ComponentSpec(name="manifest", options={"path": str((folder / name).resolve())}).model_dump()  # noqa: E731
+    return {**data, "matcher_train": spec("matcher-train.jsonl"), "val": spec("val.jsonl"),
+            "matcher_train_images": n_fit,
+            "validation": {"val_fraction": f, "identities": len(val_ids), "images": n_val_images,
+                           "matcher_train_identities": len(fit_ids)},
+            "identities": {**data["identities"], "val": len(val_ids)}}
 

@@ -3,8 +3,11 @@ datasets (real and generated sketches, photos).
 
 Every image is aligned by the ``aligner`` once and held in memory at the
 backbone's input size. A share of the identities (``val_fraction``) is held
-out: each epoch ends with rank-1 of their sketches (probes) against their
-photos (gallery). Output, in ``out``:
+out, and so is every identity of the validation-only sources (``val_data``,
+e.g. identities carved out of the training split by ``c4s experiment``): each
+epoch ends with rank-1 of their sketches (probes) against their photos
+(gallery), and ``best/`` keeps the epoch where it was highest (the first such
+epoch on ties; without held-out identities best/ is the last epoch). Output, in ``out``:
 
 - ``last/`` and ``best/``: matcher folders, ``model.safetensors`` (backbone
   weights in its official layout) + ``matcher.json`` (backbone name and
@@ -47,6 +50,8 @@ from ..matcher_folder import MATCHER_FORMAT, MATCHER_FORMAT_VERSION, read_matche
 
 # fields that may change between a run and its --resume
 RESUMABLE_CHANGES = ("resume", "epochs", "stop_after")
+# fields added after runs were saved, and the value that means "as before"
+ADDED_FIELDS: dict[str, Any] = {"val_data": []}
 
 
 class DataSource(C4SModel):
@@ -115,6 +120,10 @@ class Config(C4SModel):
         "network ([conv32_down, conv32_1] for dlib_r29)."
     )
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of identities held out for validation (0: none).")
+    val_data: list[DataSource] = Field(
+        [], description="Validation-only sources: their identities (each with a photo and a sketch) are never "
+        "trained on, only ranked each epoch to pick best/; added to val_fraction's held-out identities. They "
+        "may share no identity name with `data`.")
     val_seed: int = Field(0, ge=0, description="Seed of the identity split.")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD with momentum (AdaFace's choice) or AdamW.")
     lr: float = Field(0.1, gt=0.0, le=10.0, description="Peak learning rate.")
@@ -160,7 +169,7 @@ def _load_data(config: Config, regs, size: tuple[int, int], progress: bool):
     aligner = regs.aligner.build(config.aligner)
     images, ids, mods, src = [], [], [], []
     h = hashlib.sha256()
-    for si, source in enumerate(config.data):
+    for si, source in enumerate([*config.data, *config.val_data]):
         ds = regs.dataset.build(source.dataset)
         refs = getattr(ds, "refs", None)
         idx = [i for i in range(len(ds)) if source.modality is None or refs is None
@@ -204,6 +213,27 @@ def _split(ids, mods, fraction: float, seed: int):
     rng = np.random.default_rng([0xA11, seed])
     val = set(rng.permutation(np.array(both, dtype=object))[:n_val].tolist()) if n_val else set()
     return np.array([i in val for i in ids.tolist()], dtype=bool)
+
+
+def _val_mask(ids, mods, src, config: Config):
+    """Held-out images: val_fraction of the training sources' identities plus every
+    image of the validation-only sources (``val_data``, never trained on)."""
+    import numpy as np
+
+    is_val = src >= len(config.data)
+    mask = np.zeros(len(ids), dtype=bool)
+    mask[~is_val] = _split(ids[~is_val], mods[~is_val], config.val_fraction, config.val_seed)
+    if is_val.any():
+        shared = sorted(set(ids[is_val].tolist()) & set(ids[~is_val].tolist()))
+        if shared:
+            raise DataError(f"val_data and data share {len(shared)} identity name(s), e.g. {', '.join(shared[:3])}: "
+                            "validation identities must never be trained on")
+        both = set(ids[is_val & (mods == "photo")].tolist()) & set(ids[is_val & (mods == "sketch")].tolist())
+        if len(both) < 2:
+            raise DataError(f"val_data holds {len(both)} identities with both a photo and a sketch; validation "
+                            "ranks sketches against photos and needs at least 2")
+        mask |= is_val
+    return mask
 
 
 def _epoch_indices(train_idx, src, ratios, seed: int, epoch: int):
@@ -314,7 +344,7 @@ def _augment(x, is_photo, aug: Augment, gen, rows: slice | None = None, n: int |
 
 def _check_resume(config: Config, saved: dict[str, Any], where: Path) -> None:
     now = json.loads(config.model_dump_json())
-    diff = [k for k in now if k not in RESUMABLE_CHANGES and k != "out" and now[k] != saved.get(k)]
+    diff = [k for k in now if k not in RESUMABLE_CHANGES and k != "out" and now[k] != saved.get(k, ADDED_FIELDS.get(k))]
     if diff:
         raise ConfigError(
             f"--resume: the config differs from the run in {where} in {', '.join(diff)}; "
@@ -437,7 +467,7 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
             raise ConfigError(f"backbone {bb_spec.name!r} is not trainable (it has no {attr}); pick a torch backbone such as ir_18")
     bb_name = bb_entry.name
     images, ids, mods, src, data_hash = _load_data(config, regs, tuple(backbone.input_size), show)
-    val_mask = _split(ids, mods, config.val_fraction, config.val_seed)
+    val_mask = _val_mask(ids, mods, src, config)
     train_idx = np.flatnonzero(~val_mask)
     classes = sorted(set(ids[train_idx].tolist()))
     class_of = {c: k for k, c in enumerate(classes)}
@@ -600,7 +630,7 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
                 ge = backbone.embed(list(images[val_gallery]))
                 curve, used = metrics.cmc(metrics.cosine_similarity(pe, ge), ids[val_probe], ids[val_gallery], max_rank=1)
                 rank1 = float(curve[0]) if used else None
-            rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None, "val_rank1": rank1,
+            rec = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)) if losses else None, "val_rank1": rank1,
                    "lr": lr_at(max(step - 1, 0), total_steps, config.lr, config.schedule, warmup, config.milestones, config.gamma),
                    "images_per_s": round(len(order) / max(seconds, 1e-9), 1), "seconds": round(seconds, 2)}
             if distributed:
