@@ -103,7 +103,7 @@ def _embed(judge, images: Sequence[np.ndarray], grey: bool, batch: int = 64, pro
            desc: str = "judge") -> np.ndarray:
     from tqdm import tqdm
 
-    from .data.io import resize
+    from .data.io import grey3, resize
 
     size = tuple(judge.input_size)
     out = []
@@ -111,8 +111,7 @@ def _embed(judge, images: Sequence[np.ndarray], grey: bool, batch: int = 64, pro
         ims = [resize(np.asarray(im, np.uint8)[..., :3] if np.asarray(im).ndim == 3
                       else np.repeat(np.asarray(im, np.uint8)[..., None], 3, 2), size) for im in images[a:a + batch]]
         if grey:
-            ims = [np.repeat((im.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
-                             .round().clip(0, 255).astype(np.uint8)[..., None], 3, 2) for im in ims]
+            ims = [grey3(im) for im in ims]
         out.append(np.asarray(judge.embed(ims), np.float32))
     return _unit(np.concatenate(out)) if out else np.zeros((0, int(judge.embedding_dim)), np.float32)
 

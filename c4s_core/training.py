@@ -41,11 +41,17 @@ __all__ = [
     "save_verified_folder",
     "read_folder_json",
     "folder_lists",
+    "folder_has",
     "read_verified",
     "load_verified",
     "verify_folder",
+    "read_format_json",
+    "recorded_config",
+    "load_verified_into",
     "latest_checkpoint",
     "prune_checkpoints",
+    "save_training_checkpoint",
+    "read_training_checkpoint",
 ]
 
 _TENSOR = "__tensor__"
@@ -407,6 +413,107 @@ def verify_folder(folder: str | Path, json_name: str) -> dict[str, Any]:
             raise DataError(f"{Path(folder) / json_name}: {FOLDER_HASHES} is not a mapping of file names to sha256 hashes")
         read_verified(folder, name, info, json_name)
     return info
+
+
+def read_format_json(folder: str | Path, json_name: str, fmt: str, what: str) -> dict[str, Any]:
+    """The description ``folder/json_name`` of a saved component, refused (a
+    DataError naming the file) when it is absent, not JSON, or its ``format``
+    is not ``fmt``; ``what`` names the kind of folder in the first message."""
+    path = Path(folder)
+    meta_p = path / json_name
+    if not meta_p.is_file():
+        raise DataError(f"{path}: not a {what} folder (no {json_name})")
+    try:
+        meta = json.loads(meta_p.read_text())
+    except ValueError as err:
+        raise DataError(f"{meta_p} is not valid JSON: {err}") from None
+    if meta.get("format") != fmt:
+        raise DataError(f"{meta_p}: format {meta.get('format')!r} is not {fmt}")
+    return meta
+
+
+def recorded_config(config_cls: type, info: Mapping[str, Any], where: str, device: str | None = None):
+    """The component config ``info["config"]`` a saved folder records, validated
+    as ``config_cls`` (errors name ``where``), with ``device`` (when given) in
+    place of the recorded one."""
+    from .config import validate
+
+    data = dict(info["config"])
+    if device is not None:
+        data["device"] = device
+    return validate(config_cls, data, where)
+
+
+def folder_has(folder: str | Path, info: Mapping[str, Any], name: str) -> bool:
+    """Whether to read the optional file ``folder/name``: it is there, or the
+    description ``info`` vouches for it (then a missing one is refused on reading
+    rather than skipped)."""
+    return (Path(folder) / name).is_file() or folder_lists(info, name)
+
+
+def load_verified_into(module, folder: str | Path, name: str, info: Mapping[str, Any], json_name: str) -> None:
+    """Load the verified state dict ``folder/name`` (:func:`load_verified`) into
+    ``module``, refusing one whose keys do not fit it (a DataError naming both sides)."""
+    bad = module.load_state_dict(load_verified(folder, name, info, json_name), strict=False)
+    if bad.missing_keys or bad.unexpected_keys:
+        raise DataError(f"{Path(folder) / name} does not fit the recorded config: missing {bad.missing_keys[:10]}, "
+                        f"unexpected {bad.unexpected_keys[:10]}")
+
+
+def save_training_checkpoint(
+    ckdir: str | Path,
+    step: int,
+    save_folder,
+    trainer_state: Mapping[str, Any],
+    history: Any,
+    keep: int,
+) -> Path:
+    """Write checkpoint ``ckdir/step_NNNNNNN``: ``save_folder(path, files)`` (a
+    component's own weights-folder writer, see :func:`save_verified_folder`)
+    gets ``trainer_state.pt`` (``torch.save`` of ``trainer_state``: optimizer and
+    RNG states, step) and ``history.json`` to put in the same atomic folder,
+    hashed like the weights; then all but the newest ``keep`` are pruned."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(dict(trainer_state), buf)
+    d = save_folder(Path(ckdir) / f"step_{step:07d}",
+                    {"trainer_state.pt": buf.getvalue(), "history.json": json.dumps(history).encode()})
+    prune_checkpoints(ckdir, keep)
+    return d
+
+
+def read_training_checkpoint(
+    folder: str | Path,
+    weights: Sequence[str],
+    optional: Sequence[str] = (),
+    json_name: str = "generator.json",
+) -> dict[str, Any]:
+    """Everything a checkpoint written by :func:`save_training_checkpoint` holds,
+    as plain data on the CPU, every file checked against the hashes ``json_name``
+    records: ``{"info": the description, "weights": {file: state dict} (each of
+    ``weights``, then each of ``optional``, None where absent), "trainer": the
+    trainer_state.pt mapping, "history": list}``."""
+    import io
+
+    import torch
+
+    d = Path(folder)
+    info = read_folder_json(d, json_name)
+    sds: dict[str, Any] = {name: load_verified(d, name, info, json_name) for name in weights}
+    for name in optional:
+        sds[name] = load_verified(d, name, info, json_name) if folder_has(d, info, name) else None
+    data = read_verified(d, "trainer_state.pt", info, json_name)
+    try:
+        trainer = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DataError(f"cannot resume from {d}: trainer_state.pt unreadable ({err}); delete that folder") from None
+    history = []
+    if folder_has(d, info, "history.json"):
+        history = json.loads(read_verified(d, "history.json", info, json_name))
+    return {"info": info, "weights": sds, "trainer": trainer, "history": history}
 
 
 def latest_checkpoint(ckdir: str | Path, marker: str = "trainer_state.pt") -> Path | None:

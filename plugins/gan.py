@@ -189,6 +189,7 @@ class GanGenerator:
         from tqdm import tqdm
 
         from c4s_core.data.io import resize
+        from c4s_core.training import latest_checkpoint
 
         out = Path(out)
         n = len(photos)
@@ -371,33 +372,24 @@ class GanGenerator:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None):
         """Load a folder written by :meth:`save_pretrained`."""
-        from c4s_core.config import validate
-        from c4s_core.training import folder_lists, load_verified
+        from c4s_core.training import (
+            folder_has,
+            load_verified_into,
+            read_format_json,
+            recorded_config,
+        )
 
         path = Path(path)
         meta_p = path / "generator.json"
-        if not meta_p.is_file():
-            raise DataError(f"{path}: not a generator folder (no generator.json)")
-        try:
-            meta = json.loads(meta_p.read_text())
-        except ValueError as err:
-            raise DataError(f"{meta_p} is not valid JSON: {err}") from None
-        if meta.get("format") != "c4s-gan-generator":
-            raise DataError(f"{meta_p}: format {meta.get('format')!r} is not c4s-gan-generator")
-        data = dict(meta["config"])
-        if device is not None:
-            data["device"] = device
-        self = cls(validate(GanConfig, data, f"generator config in {meta_p}"))
+        meta = read_format_json(path, "generator.json", "c4s-gan-generator", "generator")
+        self = cls(recorded_config(GanConfig, meta, f"generator config in {meta_p}", device))
         if self.G is None:
             raise DataError(f"{meta_p}: records no styles; the checkpoint is incomplete")
         for net, fname in ((self.G, "model.safetensors"), (self.D, "discriminator.safetensors")):
-            if fname == "discriminator.safetensors" and not ((path / fname).is_file() or folder_lists(meta, fname)):
+            if fname == "discriminator.safetensors" and not folder_has(path, meta, fname):
                 continue
             # checked against the sha256 generator.json records for it
-            bad = net.load_state_dict(load_verified(path, fname, meta, "generator.json"), strict=False)
-            if bad.missing_keys or bad.unexpected_keys:
-                raise DataError(f"{path / fname} does not fit the recorded config: missing {bad.missing_keys[:10]}, "
-                                f"unexpected {bad.unexpected_keys[:10]}")
+            load_verified_into(net, path, fname, meta, "generator.json")
         self.G.eval()
         self.D.eval()
         self.step = int(meta.get("step", 0))
@@ -405,52 +397,24 @@ class GanGenerator:
         return self
 
     def _save_checkpoint(self, ckdir: Path, opt_g, opt_d, history, keep: int) -> Path:
-        import io
+        from c4s_core.training import save_training_checkpoint
 
-        import torch
-
-        from c4s_core.training import prune_checkpoints
-
-        buf = io.BytesIO()
-        torch.save({"step": self.step, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, buf)
-        # trainer state and history go in the same atomic folder, hashed like the weights
-        d = self._save_folder(ckdir / f"step_{self.step:07d}",
-                              {"trainer_state.pt": buf.getvalue(), "history.json": json.dumps(history).encode()})
-        prune_checkpoints(ckdir, keep)
-        return d
+        state = {"step": self.step, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}
+        return save_training_checkpoint(ckdir, self.step, self._save_folder, state, history, keep)
 
     def _load_training_state(self, d: Path, opt_g, opt_d) -> tuple[int, list[dict]]:
         """Restore checkpoint ``d`` (every file checked against the hashes its
         generator.json records); returns the step and the history."""
-        import io
+        from c4s_core.training import read_training_checkpoint
 
-        import torch
-
-        from c4s_core.training import folder_lists, load_verified, read_folder_json, read_verified
-
-        meta = read_folder_json(d, "generator.json")
-        G = load_verified(d, "model.safetensors", meta, "generator.json")
-        D = load_verified(d, "discriminator.safetensors", meta, "generator.json")
-        data = read_verified(d, "trainer_state.pt", meta, "generator.json")
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise DataError(f"cannot resume from {d}: trainer_state.pt unreadable ({err}); delete that folder") from None
-        history = []
-        if (d / "history.json").is_file() or folder_lists(meta, "history.json"):
-            history = json.loads(read_verified(d, "history.json", meta, "generator.json"))
-        self.G.load_state_dict(G)
-        self.D.load_state_dict(D)
+        ck = read_training_checkpoint(d, ["model.safetensors", "discriminator.safetensors"])
+        state = ck["trainer"]
+        self.G.load_state_dict(ck["weights"]["model.safetensors"])
+        self.D.load_state_dict(ck["weights"]["discriminator.safetensors"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         self.step = int(state["step"])
-        return self.step, history
-
-
-def latest_checkpoint(ckdir: Path) -> Path | None:
-    from c4s_core.training import latest_checkpoint as latest
-
-    return latest(ckdir)
+        return self.step, ck["history"]
 
 
 @hookimpl

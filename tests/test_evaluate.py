@@ -233,7 +233,7 @@ class ChromaBackbone(PixelBackbone):
 
 
 def test_grayscale_turns_every_crop_grey(tmp_path):
-    from c4s_core.pipelines.evaluate import _grey
+    from c4s_core.data.io import grey3 as _grey
     from c4s_core.registry import Origin
 
     c4s_core.get_registries().backbone.register(ChromaBackbone, origin=Origin("test"))

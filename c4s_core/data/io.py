@@ -187,6 +187,25 @@ def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.LANCZOS))
 
 
+_BT601 = np.array([0.299, 0.587, 0.114])
+
+
+def grey3(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB (``H x W x 3``, or ``x 4``: alpha dropped) or grey (``H x W``,
+    ``H x W x 1``) -> its luminance (ITU-R BT.601 weights, rounded) in all three
+    channels, uint8 ``H x W x 3``: colour removed, the shape every model takes."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise DataError(f"grey3 expects a uint8 image, got dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = np.clip(np.rint(arr[:, :, :3].astype(np.float64) @ _BT601), 0, 255).astype(np.uint8)
+    elif arr.ndim != 2:
+        raise DataError(f"grey3 expects an HxWx3 RGB or HxW grey image, got shape {arr.shape}")
+    return np.repeat(arr[:, :, None], 3, axis=2)
+
+
 def grid(rows: list[list], pad: int = 2):
     """Tile rows of equal-size uint8 images on white."""
     h, w = rows[0][0].shape[:2]

@@ -138,13 +138,6 @@ class Config(C4SModel):
         return self
 
 
-def _grey(image):
-    """uint8 RGB (or grey) -> its luminance (BT.601) in all three channels."""
-    from ..styles import as_rgb_uint8, luminance
-
-    return as_rgb_uint8(luminance(image), image.shape[:2])
-
-
 def _select(ds, modality: str, ids: set[str] | None, on_error: str):
     """Samples of ``modality`` (and of ``ids`` if given) plus the LoadReport."""
     from ..data.datasets import load_samples
@@ -227,7 +220,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     from .. import metrics
     from .. import report as rp
     from ..align import perturb_image, summarize
-    from ..data.io import resize
+    from ..data.io import grey3, resize
     from ..errors import DataError
     from ..plugins import get_registries
     from .common import prepare_out, save_run_config, write_json
@@ -283,7 +276,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     # one list of aligned crops: kept probes, then kept gallery, then kept distractors
     crops = [pres[k].image for k in pkeep] + [gres[k].image for k in gkeep] + [dres[k].image for k in dkeep]
     if config.grayscale:
-        crops = [_grey(c) for c in crops]
+        crops = [grey3(c) for c in crops]
     n_p = len(pkeep)
     probe_ids = [probes[k].identity for k in pkeep]
     gallery_ids = [gallery[k].identity for k in gkeep] + [f"distractor/{distractors[k].identity}" for k in dkeep]

@@ -21,6 +21,27 @@ def _identities(ds, modality: str | None = None) -> set[str]:
     return {r.identity for r in refs if modality is None or r.modality == modality}
 
 
+def _hold_out_identities(ds, fraction: float, seed: int, salt: int, what: str, option: str,
+                         remedy: str) -> tuple[set[str], set[str], int]:
+    """Draw ``fraction`` of the identities of ``ds`` that have both a photo and a
+    sketch (at least 2, seeded by ``(seed, salt)``) to hold out; returns the held
+    identities, the rest of ``ds``'s identities and how many had both. A DataError
+    (``what`` has too few to hold out ``option`` and still train; ``remedy``)
+    when fewer than 2 would remain."""
+    import numpy as np
+
+    from ..errors import DataError
+
+    both = sorted(_identities(ds, "photo") & _identities(ds, "sketch"))
+    n = max(2, int(round(fraction * len(both))))
+    if n > len(both) - 2:
+        raise DataError(f"{what} has {len(both)} identities with a photo and a sketch: too few to hold out "
+                        f"{option} and still train; {remedy}")
+    rng = np.random.default_rng([seed, salt])
+    held = set(rng.permutation(np.array(both, dtype=object))[:n].tolist())
+    return held, _identities(ds) - held, len(both)
+
+
 def _materialize(ds, keep: set[str], folder: Path, manifest: Path) -> int:
     """Write a manifest of the samples of ``keep`` (files by absolute path; samples
     without a file, such as synthfaces, rendered into ``folder``)."""
@@ -65,8 +86,6 @@ def _prealign(cfg: Config, folder: Path, stage) -> Config:
 
 def _prepare_data(cfg: Config, folder: Path, say) -> dict[str, Any]:
     """Split (if asked), check identity disjointness, count images; returns specs and counts."""
-    import numpy as np
-
     from ..errors import ConfigError, DataError
     from ..plugins import get_registries
 
@@ -75,14 +94,9 @@ def _prepare_data(cfg: Config, folder: Path, say) -> dict[str, Any]:
     train_spec, test_spec = cfg.train, cfg.test
     split = None
     if cfg.test is None:
-        both = sorted(_identities(train_ds, "photo") & _identities(train_ds, "sketch"))
-        n_test = max(2, int(round(cfg.test_fraction * len(both))))
-        if n_test > len(both) - 2:
-            raise DataError(f"train {cfg.train.name!r} has {len(both)} identities with a photo and a sketch: too few to "
-                            f"hold out test_fraction={cfg.test_fraction} and still train; give a test dataset")
-        rng = np.random.default_rng([cfg.seed, 0x7E57])
-        test_ids = set(rng.permutation(np.array(both, dtype=object))[:n_test].tolist())
-        train_ids = _identities(train_ds) - test_ids
+        test_ids, train_ids, n_both = _hold_out_identities(
+            train_ds, cfg.test_fraction, cfg.seed, 0x7E57, f"train {cfg.train.name!r}",
+            f"test_fraction={cfg.test_fraction}", "give a test dataset")
         folder.mkdir(parents=True, exist_ok=True)
         n_tr = _materialize(train_ds, train_ids, folder / "train", folder / "train.jsonl")
         n_te = _materialize(train_ds, test_ids, folder / "test", folder / "test.jsonl")
@@ -90,7 +104,7 @@ def _prepare_data(cfg: Config, folder: Path, say) -> dict[str, Any]:
         test_spec = ComponentSpec(name="manifest", options={"path": str((folder / "test.jsonl").resolve())})
         split = {"from": cfg.train.model_dump(), "test_fraction": cfg.test_fraction, "train_identities": len(train_ids),
                  "test_identities": len(test_ids), "train_images": n_tr, "test_images": n_te}
-        say(f"held out {len(test_ids)} of {len(both)} train identities as the test split")
+        say(f"held out {len(test_ids)} of {n_both} train identities as the test split")
         train_ds = regs.dataset.build(train_spec)
     test_ds = regs.dataset.build(test_spec)
     sets = {"train": _identities(train_ds), "test": _identities(test_ds)}
