@@ -30,7 +30,14 @@ empty) is plain conditional sampling with every condition kept. An
 Sampling is deterministic per image: image ``j`` of input ``i`` draws its
 initial and step noise from its own ``torch.Generator`` seeded from
 ``(seed, i, j)``, so results do not depend on the batch size.
-torch/diffusers are imported inside methods.
+
+``strength < 1`` starts from the reference photo instead of pure noise
+(SDEdit, Meng et al. 2022; diffusers' img2img pipelines): the grey photo at
+the generator's side is noised to the step ``strength`` of the way up the
+sampler's schedule and denoised from there, so the coarse layout (face shape,
+hair, glasses) is the photo's own and the strokes are the model's. 1.0 (the
+default) is plain sampling; lower keeps more of the photo and less of the
+style. torch/diffusers are imported inside methods.
 """
 
 from __future__ import annotations
@@ -420,6 +427,7 @@ class DiffusionGenerator:
         from tqdm import tqdm
 
         from c4s_core import distributed as dist
+        from c4s_core.training import latest_checkpoint
 
         from ._diffusion_model import to_tensor
 
@@ -622,6 +630,8 @@ class DiffusionGenerator:
         cache_dir: str | Path | None = None,
         output: Literal["uint8", "float"] = "uint8",
         seeds: Sequence[int] | None = None,
+        strength: float = 1.0,
+        starts: Sequence[np.ndarray] | None = None,
     ) -> np.ndarray:
         """Sketches for each (photo, style): uint8 ``[len(photos) * num_per_input,
         size, size, 3]``, input-major (input i's copies are rows i*num..i*num+num-1).
@@ -629,7 +639,10 @@ class DiffusionGenerator:
         ``guidance``: ``{role: scale}``, see the module docstring. Image ``j`` of
         input ``i`` uses a generator seeded from ``(seed, i, j)``, or from
         ``seeds[i * num_per_input + j]`` when ``seeds`` is given (one per output
-        image: ``c4s generate`` seeds each image from its identity, style and k)."""
+        image: ``c4s generate`` seeds each image from its identity, style and k).
+        ``strength`` in (0, 1]: below 1, start from the noised grey photo (module
+        docstring), or from ``starts`` (one image per input, e.g. a procedural
+        rendering of the photo) when given."""
         import contextlib
 
         import torch
@@ -642,6 +655,15 @@ class DiffusionGenerator:
         if bad:
             raise ConfigError(f"guidance names role(s) {bad} that no conditioner has; roles here: {sorted(set(self.roles))}")
         n = len(photos) if photos is not None and len(photos) else len(styles or [])
+        if not 0.0 < float(strength) <= 1.0:
+            raise ConfigError(f"diffusion.sample: strength must be in (0, 1], got {strength}")
+        init = None
+        if strength < 1.0:
+            first = photos if starts is None else starts
+            if first is None or len(first) != n:
+                raise ConfigError(f"diffusion.sample: strength < 1 starts from one image per input ({n}); give "
+                                  "photos or starts")
+            init = self.init_images(first)
         if tokens is None:
             tokens = self.encode_conditions(photos, styles, cache_dir)
         # branch keep-masks: with guidance, [uncond-of-guided, one per guided role]
@@ -666,12 +688,27 @@ class DiffusionGenerator:
             for a in range(0, len(jobs), batch_size):
                 chunk = jobs[a:a + batch_size]
                 x = self._sample_chunk(chunk, tokens, sampler, guidance, guided, branches,
-                                       seed_ints[a:a + len(chunk)], step_kw)
+                                       seed_ints[a:a + len(chunk)], step_kw, init, float(strength))
                 out[a:a + len(chunk)] = to_uint8(x) if output == "uint8" else x.float().cpu().numpy()
         self.model.train(was)
         return out
 
-    def _sample_chunk(self, chunk, tokens, sampler, guidance, guided, branches, seed_ints, step_kw):
+    def init_images(self, photos) -> Any:
+        """The photos as the generator's start images: grey, at its side (area-averaged),
+        replicated to 3 channels, float ``[N, 3, S, S]`` in [-1, 1] (sketches are grey)."""
+        import torch
+        from PIL import Image
+
+        from .conditioners import _check_photos, _square
+
+        s = self.size
+        grey = [np.asarray(Image.fromarray(_square(p)).convert("L").resize((s, s), Image.BOX), np.float32)
+                for p in _check_photos(photos, "diffusion start images")]
+        x = torch.from_numpy(np.stack(grey))[:, None] / 127.5 - 1.0
+        return x.expand(-1, 3, -1, -1).contiguous()
+
+    def _sample_chunk(self, chunk, tokens, sampler, guidance, guided, branches, seed_ints, step_kw,
+                      init=None, strength: float = 1.0):
         import inspect
 
         import torch
@@ -682,8 +719,20 @@ class DiffusionGenerator:
         gens = [torch.Generator().manual_seed(s) for s in seed_ints]
         shape = (3, self.size, self.size)
         x = torch.cat([torch.randn((1, *shape), generator=g) for g in gens]).to(self.device)
-        x = x * sch.init_noise_sigma
         rows = torch.tensor([i for i, _ in chunk])
+        timesteps = sch.timesteps
+        if init is None or strength >= 1.0:
+            x = x * sch.init_noise_sigma
+        else:
+            # as diffusers' img2img: skip the first (1 - strength) of the steps, noise the
+            # start image to the first kept timestep (at least one step is kept)
+            order = getattr(sch, "order", 1)
+            n_steps = len(sch.timesteps) // order
+            skip = min(int(round(n_steps * (1.0 - strength))), n_steps - 1)
+            timesteps = sch.timesteps[skip * order:]
+            if hasattr(sch, "set_begin_index"):
+                sch.set_begin_index(skip * order)
+            x = sch.add_noise(init[rows].to(self.device), x, timesteps[:1].repeat(b))
         tk = [torch.from_numpy(np.ascontiguousarray(t))[rows].to(self.device).repeat(nb, *([1] * (t.ndim - 1)))
               for t in tokens]
         keep = torch.cat([br.unsqueeze(0).expand(b, -1) for br in branches]).to(self.device)
@@ -692,7 +741,7 @@ class DiffusionGenerator:
         if "generator" in accepts:
             kw["generator"] = gens
         scales = [guidance[g] for g in guided]
-        for t in sch.timesteps:
+        for t in timesteps:
             xin = sch.scale_model_input(x, t).repeat(nb, 1, 1, 1)
             tt = t.to(self.device).expand(nb * b) if torch.is_tensor(t) else torch.full((nb * b,), t, device=self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.mixed_precision == "bf16"):
@@ -746,24 +795,18 @@ class DiffusionGenerator:
         rebuilt from their recorded options and their identities (options and
         weights hashes) must match the recorded ones."""
         from c4s_core.cache import conditioner_identity
-        from c4s_core.config import validate
-        from c4s_core.training import folder_lists, load_verified
+        from c4s_core.training import (
+            folder_has,
+            load_verified,
+            load_verified_into,
+            read_format_json,
+            recorded_config,
+        )
 
         path = Path(path)
         meta_p = path / "generator.json"
-        if not meta_p.is_file():
-            raise DataError(f"{path}: not a diffusion generator folder (no generator.json)")
-        try:
-            meta = json.loads(meta_p.read_text())
-        except ValueError as err:
-            raise DataError(f"{meta_p} is not valid JSON: {err}") from None
-        if meta.get("format") != "c4s-diffusion-generator":
-            raise DataError(f"{meta_p}: format {meta.get('format')!r} is not c4s-diffusion-generator")
-        cfg_data = dict(meta["config"])
-        if device is not None:
-            cfg_data["device"] = device
-        cfg = validate(DiffusionConfig, cfg_data, f"generator config in {meta_p}")
-        self = cls(cfg)
+        meta = read_format_json(path, "generator.json", "c4s-diffusion-generator", "diffusion generator")
+        self = cls(recorded_config(DiffusionConfig, meta, f"generator config in {meta_p}", device))
         if check_conditioners:
             for rec, c in zip(meta["conditioners"], self.conditioners, strict=True):
                 now = conditioner_identity(c)
@@ -774,15 +817,9 @@ class DiffusionGenerator:
                         "or load with check_conditioners=False"
                     )
         # every file is checked against the sha256 generator.json records for it
-        sd = load_verified(path, "model.safetensors", meta, "generator.json")
-        bad = self.model.load_state_dict(sd, strict=False)
-        if bad.missing_keys or bad.unexpected_keys:
-            raise DataError(
-                f"{path}/model.safetensors does not fit the recorded config: missing {bad.missing_keys[:10]}, "
-                f"unexpected {bad.unexpected_keys[:10]}"
-            )
+        load_verified_into(self.model, path, "model.safetensors", meta, "generator.json")
         self.model.to(self.device)
-        if self.ema is not None and ((path / "ema.safetensors").is_file() or folder_lists(meta, "ema.safetensors")):
+        if self.ema is not None and folder_has(path, meta, "ema.safetensors"):
             ema = load_verified(path, "ema.safetensors", meta, "generator.json")
             self.ema.shadow = {k: ema[k].float().to(self.device) for k in self.ema.shadow}
         self.step = int(meta.get("step", 0))
@@ -790,46 +827,22 @@ class DiffusionGenerator:
         return self
 
     def _save_checkpoint(self, ckdir: Path, opt, gen, history, keep: int, world_size: int = 1) -> Path:
-        import io
-
-        import torch
-
-        from c4s_core.training import prune_checkpoints
+        from c4s_core.training import save_training_checkpoint
 
         state = {"step": self.step, "optimizer": opt.state_dict(), "rng": gen.get_state(), "world_size": world_size}
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        # trainer state and history go in the same atomic folder, hashed like the weights
-        d = self._save_folder(ckdir / f"step_{self.step:07d}",
-                              {"trainer_state.pt": buf.getvalue(), "history.json": json.dumps(history).encode()})
-        prune_checkpoints(ckdir, keep)
-        return d
+        return save_training_checkpoint(ckdir, self.step, self._save_folder, state, history, keep)
 
     def _read_training_state(self, d: Path) -> dict[str, Any]:
         """Everything a resumed ``fit`` needs from checkpoint ``d``, as plain data
         (CPU tensors): model, EMA, optimizer, RNG state, step, history. Every file
         is checked against the hashes its generator.json records."""
-        import io
+        from c4s_core.training import read_training_checkpoint
 
-        import torch
-
-        from c4s_core.training import folder_lists, load_verified, read_folder_json, read_verified
-
-        meta = read_folder_json(d, "generator.json")
-        state: dict[str, Any] = {"model": load_verified(d, "model.safetensors", meta, "generator.json"), "ema": None}
-        if (d / "ema.safetensors").is_file() or folder_lists(meta, "ema.safetensors"):
-            state["ema"] = load_verified(d, "ema.safetensors", meta, "generator.json")
-        data = read_verified(d, "trainer_state.pt", meta, "generator.json")
-        try:
-            trainer = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise DataError(f"cannot resume from {d}: trainer_state.pt unreadable ({err}); delete that folder") from None
-        state.update(optimizer=trainer["optimizer"], rng=trainer["rng"], step=int(trainer["step"]),
-                     world_size=int(trainer.get("world_size", 1)))
-        state["history"] = []
-        if (d / "history.json").is_file() or folder_lists(meta, "history.json"):
-            state["history"] = json.loads(read_verified(d, "history.json", meta, "generator.json"))
-        return state
+        ck = read_training_checkpoint(d, ["model.safetensors"], optional=["ema.safetensors"])
+        trainer = ck["trainer"]
+        return {"model": ck["weights"]["model.safetensors"], "ema": ck["weights"]["ema.safetensors"],
+                "optimizer": trainer["optimizer"], "rng": trainer["rng"], "step": int(trainer["step"]),
+                "world_size": int(trainer.get("world_size", 1)), "history": ck["history"]}
 
     def _apply_training_state(self, state: dict[str, Any], opt, gen) -> int:
         self.model.load_state_dict(state["model"])
@@ -842,13 +855,6 @@ class DiffusionGenerator:
 
     def _load_training_state(self, d: Path, opt, gen) -> int:
         return self._apply_training_state(self._read_training_state(d), opt, gen)
-
-
-def latest_checkpoint(ckdir: Path) -> Path | None:
-    """The newest complete ``step_*`` checkpoint (one with trainer_state.pt)."""
-    from c4s_core.training import latest_checkpoint as latest
-
-    return latest(ckdir)
 
 
 @hookimpl

@@ -163,3 +163,48 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_generator, tmp_path):
     (tmp_path / "g" / "generator.json").write_text(json.dumps(meta))
     with pytest.raises(C4SError, match="differs"):
         DiffusionGenerator.from_pretrained(tmp_path / "g")
+
+
+def test_strength_starts_from_the_noised_photo(tiny_generator):
+    """SDEdit start: with an oracle denoiser that knows the clean image, DDIM
+    (deterministic) returns the grey photo; the first model input is the photo
+    noised to the first kept timestep with the image's own seeded noise, and only
+    round(steps * strength) steps run."""
+    import torch
+    from c4s_plugins.diffusion import _seed_int
+    from diffusers import DDPMScheduler
+
+    gen, photos, styles = tiny_generator
+    init = gen.init_images(photos[:2])
+    assert init.shape == (2, 3, 32, 32) and torch.equal(init[:, 0], init[:, 2])  # grey
+    abar = DDPMScheduler.from_config(dict(gen.noise_config)).alphas_cumprod
+    assert gen.noise_config["prediction_type"] == "epsilon"
+    seen = []
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x, t, conds, keep):
+            seen.append((int(t[0]), x.clone()))
+            a = abar[t].view(-1, 1, 1, 1)
+            return (x - a.sqrt() * init.repeat(x.shape[0] // 2, 1, 1, 1)) / (1 - a).sqrt()
+
+    real = gen.model
+    gen.model = Oracle()
+    try:
+        spec = ComponentSpec(name="ddim", options={"steps": 10})
+        out = gen.sample(photos[:2], styles[:2], sampler=spec, seed=5, use_ema=False, output="float", strength=0.3)
+    finally:
+        gen.model = real
+    assert len(seen) == 3  # 10 steps, the first 7 skipped
+    sch = gen.make_scheduler(get_registries().sampler.build("ddim", {"steps": 10}))
+    t0 = sch.timesteps[7]
+    assert seen[0][0] == int(t0)
+    noise = torch.cat([torch.randn((1, 3, 32, 32), generator=torch.Generator().manual_seed(_seed_int(5, i, 0)))
+                       for i in range(2)])
+    a0 = abar[t0]
+    expected = a0.sqrt() * init + (1 - a0).sqrt() * noise
+    assert torch.allclose(seen[0][1], expected, atol=1e-5)
+    assert np.abs(out - init.numpy()).max() < 1e-4
+    with pytest.raises(ConfigError, match="strength"):
+        gen.sample(photos[:1], styles[:1], sampler=spec, strength=0.0)
+    with pytest.raises(ConfigError, match="photos"):
+        gen.sample(None, styles[:1], sampler=spec, strength=0.5)

@@ -194,3 +194,37 @@ def test_load_generator_reads_the_kind(tmp_path):
     (tmp_path / "bad" / "generator.json").write_text(json.dumps({"generator": "nope"}))
     with pytest.raises(KeyError):
         load_generator(tmp_path / "bad")
+
+
+def test_strength_starts_from_the_photo_or_its_rendering(checkpoint, tmp_path):
+    """strength 0.05 of 20 DDIM steps keeps only the last step (t = 0, noise scale
+    sqrt(1 - abar_0) = 0.01), so each sketch is its start image up to a few grey
+    levels: the grey reference photo, or its plain pencil rendering."""
+    from c4s_core.data import load_image
+
+    spec = {"name": "ddim", "options": {"steps": 20}}
+    g, a = cfg(tmp_path / "a", checkpoint=checkpoint, styles=["pencil"], num_per_style=1, similarity=False,
+               sampler=spec, strength=0.05)
+    _, b = cfg(tmp_path / "b", checkpoint=checkpoint, styles=["pencil"], num_per_style=1, similarity=False,
+               sampler=spec, strength=0.05, start_style="pencil")
+    g.run(a, progress=False)
+    g.run(b, progress=False)
+    render = get_registries().generator.build("procedural", {"size": 32, "jitter": 0.0})
+    far = []
+    for d, start in (("a", None), ("b", "pencil")):
+        recs = [r for r in read_manifest(tmp_path / d / "manifest.jsonl") if r["modality"] == "sketch"]
+        assert len(recs) == 3 and {(r["strength"], r["start_style"]) for r in recs} == {(0.05, start)}
+        for r in recs:
+            photo = load_image(tmp_path / d / r["identity"] / "photo.png")
+            want = photo if start is None else render.sample([photo], [start])[0]
+            grey = np.asarray(__import__("PIL.Image").Image.fromarray(want).convert("L"), float)
+            got = load_image(tmp_path / d / r["path"]).astype(float)
+            assert np.abs(got - grey[..., None]).mean() < 4.0, (d, r["path"])
+            far.append(np.abs(load_image(tmp_path / "a" / r["path"]).astype(float) - got).mean())
+    assert np.mean(far[3:]) > 10  # the two starts give different sketches
+    with pytest.raises(DataError, match="strength"):  # another strength into the same folder
+        g.run(a.model_copy(update={"strength": 0.5}), progress=False)
+    with pytest.raises(ConfigError, match="strength"):
+        g.run(cfg(tmp_path / "c", checkpoint=checkpoint, start_style="pencil")[1], progress=False)
+    with pytest.raises(ConfigError, match="strength"):
+        g.run(cfg(tmp_path / "d", generator={"name": "procedural"}, strength=0.5)[1], progress=False)

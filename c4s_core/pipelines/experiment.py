@@ -249,6 +249,9 @@ class Config(C4SModel):
         description="Sampler of the diffusion generator.")
     guidance: dict[str, float] = Field(
         default_factory=lambda: {"identity": 2.0, "style": 2.0}, description="Per-role guidance of the diffusion generator.")
+    strength: float = Field(
+        1.0, gt=0.0, le=1.0, description="Diffusion arm: start sampling this far up the schedule from the noised "
+        "grey reference photo (SDEdit, generate's `strength`); 1: pure noise.")
     report_similarity: ComponentSpec | None = Field(
         None, description="Encoder measuring identity similarity (genuine and impostor) in each generated set's "
         "report (report-dataset; e.g. dlib_id); none: the report has diversity and the contact sheet only.")

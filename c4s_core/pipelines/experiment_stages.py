@@ -39,14 +39,14 @@ def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path):
         dataset=cfg.new_identities, num_identities=cfg.new_limit,
         styles=cfg.procedural_styles or cfg.styles if arm == "procedural" else cfg.styles,
         num_per_style=cfg.num_per_style, styles_per_identity=cfg.styles_per_identity, sampler=cfg.sampler, guidance=cfg.guidance, seed=cfg.seed,
-        batch_size=cfg.generate_batch_size, aligner=cfg.generator_aligner, condition_size=csize,
+        strength=cfg.strength if arm == "diffusion" else 1.0, batch_size=cfg.generate_batch_size, aligner=cfg.generator_aligner, condition_size=csize,
         similarity=False, out=out,
     )
 
 
 # stage-config fields added after experiments were run, and the values that mean
 # "as before" (None: any value; the stage is rerun, see experiment.run's `legacy`)
-_ADDED_FIELDS: dict[str, Any] = {"val_data": [], "bootstrap": None, "bootstrap_seed": None}
+_ADDED_FIELDS: dict[str, Any] = {"val_data": [], "bootstrap": None, "bootstrap_seed": None, "strength": 1.0}
 
 
 def _stage_hash(stage_cfg, out: Path | None = None, legacy: bool = False) -> str:
@@ -138,28 +138,20 @@ def _validation_split(cfg: Config, data: dict[str, Any], folder: Path, say) -> d
     ``folder/matcher-train.jsonl`` (the rest, what every matcher trains on).
     The test split is never touched. Adds ``matcher_train``, ``val`` and their
     counts to ``data``; without validation both point at the training split."""
-    import numpy as np
-
-    from ..errors import DataError
     from ..plugins import get_registries
-    from .experiment_data import _identities, _materialize
+    from .experiment_data import _hold_out_identities, _materialize
 
     f = cfg.matcher.val_fraction
     if not f:
         return {**data, "matcher_train": data["train"], "val": None, "matcher_train_images": data["train_images"]}
     regs = get_registries()
     train_ds = regs.dataset.build(ComponentSpec.model_validate(data["train"]))
-    both = sorted(_identities(train_ds, "photo") & _identities(train_ds, "sketch"))
-    n_val = max(2, int(round(f * len(both))))
-    if n_val > len(both) - 2:
-        raise DataError(f"the training split has {len(both)} identities with a photo and a sketch: too few to hold "
-                        f"out matcher.val_fraction={f} for validation and still train; lower it or set it to 0")
-    rng = np.random.default_rng([cfg.seed, 0x7A11D])
-    val_ids = set(rng.permutation(np.array(both, dtype=object))[:n_val].tolist())
-    fit_ids = _identities(train_ds) - val_ids
+    val_ids, fit_ids, n_both = _hold_out_identities(
+        train_ds, f, cfg.seed, 0x7A11D, "the training split", f"matcher.val_fraction={f} for validation",
+        "lower it or set it to 0")
     n_fit = _materialize(train_ds, fit_ids, folder / "matcher-train", folder / "matcher-train.jsonl")
     n_val_images = _materialize(train_ds, val_ids, folder / "val", folder / "val.jsonl")
-    say(f"held out {len(val_ids)} of {len(both)} training identities to pick each matcher's best epoch")
+    say(f"held out {len(val_ids)} of {n_both} training identities to pick each matcher's best epoch")
     spec = lambda name: ComponentSpec(name="manifest", options={"path": str((folder / name).resolve())}).model_dump()  # noqa: E731
     return {**data, "matcher_train": spec("matcher-train.jsonl"), "val": spec("val.jsonl"),
             "matcher_train_images": n_fit,

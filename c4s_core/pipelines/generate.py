@@ -84,6 +84,12 @@ class Config(C4SModel):
         default_factory=lambda: {"identity": 2.0, "style": 2.0},
         description="Per-role guidance scales (roles the generator lacks are ignored); {}: plain conditional.",
     )
+    strength: float = Field(
+        1.0, gt=0.0, le=1.0, description="Diffusion generators: start this far up the sampler's schedule from the "
+        "noised grey reference photo (SDEdit); 1: pure noise. Lower keeps more of the photo's layout.")
+    start_style: str | None = Field(
+        None, description="With strength < 1, start from the `procedural` generator's rendering of the photo in this "
+        "style (pencil, charcoal, line_drawing, xdog...) instead of the grey photo; none: the photo.")
     seed: int = Field(0, ge=0, description="Seed; each image is seeded from (seed, identity, style, k).")
     batch_size: int = Field(16, ge=1, le=4096, description="Images per sampling batch (also the shard unit).")
     aligner: ComponentSpec | None = Field(
@@ -244,10 +250,14 @@ def _run_key(config: Config, ck_hash: str) -> dict[str, Any]:
     import json
 
     keep = ("generator", "dataset", "num_identities", "styles", "num_per_style", "styles_per_identity", "sampler",
-            "guidance", "seed", "aligner", "condition_size", "similarity", "id_conditioner", "write_photos")
+            "guidance", "seed", "aligner", "condition_size", "similarity", "id_conditioner", "write_photos",
+            "strength", "start_style")
     data = json.loads(config.model_dump_json(include=set(keep)))
     if config.checkpoint is not None:
         data.pop("generator")
+    for k, plain in (("strength", 1.0), ("start_style", None)):
+        if data[k] == plain:
+            data.pop(k)  # sets written before the option existed keep their key
     data["checkpoint_hash"] = ck_hash
     return data
 
@@ -326,6 +336,16 @@ def _run(config: Config, progress: bool, ctx, device: str | None) -> dict:
     roles = set(getattr(gen, "roles", []))
     guidance = {k: v for k, v in config.guidance.items() if k in roles}
     uses_sampler = "sampler" in params
+    if config.strength < 1.0 and "strength" not in params:
+        raise ConfigError(f"strength={config.strength}: generator {gen_name!r} cannot start from the photo "
+                          "(its sample() takes no `strength`); use strength=1")
+    if config.start_style is not None and config.strength >= 1.0:
+        raise ConfigError(f"start_style={config.start_style!r} needs strength < 1 (at 1 sampling starts from pure noise)")
+    starter = None
+    if config.start_style is not None and config.strength < 1.0:
+        # jitter 0: the start is the plain rendering; the diffusion's own seeded noise varies it
+        starter = regs.generator.build("procedural", {"size": int(getattr(gen, "size", 112)), "jitter": 0.0})
+        starter.style(config.start_style)  # an unknown or prompt-only style fails here, before any work
     sampler_rec = config.sampler.model_dump() if uses_sampler else None
     cond_names = [r["name"] for r in gen.conditioner_records()] if hasattr(gen, "conditioner_records") else []
 
@@ -424,6 +444,10 @@ def _run(config: Config, progress: bool, ctx, device: str | None) -> dict:
                 kw["sampler"] = config.sampler
             if "guidance" in params:
                 kw["guidance"] = guidance
+            if config.strength < 1.0:
+                kw["strength"] = config.strength
+                if starter is not None:
+                    kw["starts"] = starter.sample([photo[j[0]] for j in chunk], [config.start_style] * len(chunk))
             if "batch_size" in params:
                 kw["batch_size"] = len(chunk)
             imgs = gen.sample([photo[j[0]] for j in chunk], [j[1] for j in chunk], **kw)
@@ -452,6 +476,8 @@ def _run(config: Config, progress: bool, ctx, device: str | None) -> dict:
                     "steps": config.sampler.options.get("steps") if uses_sampler else None,
                     "sampler_options": sampler_rec["options"] if sampler_rec else None,
                     "guidance": guidance if uses_sampler else None, "conditioners": cond_names,
+                    "strength": config.strength if config.strength < 1.0 else None,
+                    "start_style": config.start_style if config.strength < 1.0 else None,
                     "identity_similarity": scores[i], "similarity_encoder": sim.name if sim else None,
                 })
         if new_recs:
