@@ -351,3 +351,29 @@ def test_bad_generator_options_fail_at_load(tmp_path):
 
     with pytest.raises(ConfigError, match=r"(?s)gan: invalid options for generator .gan.*size=48 must be divisible by 2\*\*num_downs"):
         load_config(ex.Config, p)
+
+
+def test_report_says_why_a_synthetic_arm_does_not_help():
+    """The reading names the judge's figures: below the fidelity bar the generator is blamed,
+    above it the sketches carry identity and the sentence says so; an arm that beats
+    real-only everywhere gets no sentence."""
+    from c4s_core.pipelines.experiment import Config
+    from c4s_core.pipelines.experiment_report import FIDELITY_BAR, _readings
+
+    cfg = Config(arms=["real", "diffusion", "procedural"])
+
+    def judge(g, r):
+        return {"generated": {"rank1": g}, "real": {"rank1": r}, "rank1_ratio": g / r, "frechet_distance": 0.5}
+
+    res = {"verdicts": {"real": {}, "diffusion": {"real": {"forensic": {"verdict": "loses to"},
+                                                         "distractors": {"verdict": "beats"}}},
+                        "procedural": {"real": {"forensic": {"verdict": "does not beat"}}}},
+           "judges": {"diffusion": judge(0.008, 0.55), "procedural": judge(0.5, 0.55)}}
+    text = "\n".join(_readings(cfg, res))
+    assert "Why real + diffusion does not beat real-only** (forensic)" in text
+    assert "judge rank-1 0.008 vs 0.550 for real sketches, ratio 0.01" in text
+    assert f"the bar is {FIDELITY_BAR:.1f}" in text
+    assert "Real + procedural does not beat real-only** (forensic) although its sketches carry identity" in text
+    res["verdicts"]["diffusion"]["real"]["forensic"]["verdict"] = "beats"
+    res["verdicts"]["procedural"]["real"]["forensic"]["verdict"] = "beats"
+    assert _readings(cfg, res) == []

@@ -254,6 +254,7 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
             L += ["", f"**Not beating {_label(b)} on every protocol: {', '.join(losers)}.**"]
     if res.get("judges"):
         L += _judge_table(res["judges"])
+        L += _readings(cfg, res)
     L += ["", "## CMC", "", "![CMC](cmc.png)", "",
           "Each stage's folder (`01-data`, `02-generator-*`, `03-generated-*`, `04-matcher-*`, `05-evaluate-*`) "
           "holds its `config.yaml` and `stage.json` (seconds, peak memory); each evaluation has its own report.md "
@@ -277,6 +278,35 @@ def _matcher_table(res: dict[str, Any], cfg: Config) -> list[str]:
         L.append(f"| {arm} | {f(m.get('epochs_done'))} | {f(m.get('optimizer_steps'))} | {f(m.get('selected_epoch'))} | "
                  f"{f(m.get('selected_steps'))} | {f(m.get('selected_val_rank1'))} |")
     return [*L, ""]
+
+
+# the issue's fidelity bar: a generated set whose judge rank-1 is below this share of the
+# real sketches' carries too little identity for its pairs to teach a matcher
+FIDELITY_BAR = 0.8
+
+
+def _readings(cfg: Config, res: dict[str, Any]) -> list[str]:
+    """One plain sentence per synthetic arm that does not beat real-only on some protocol,
+    with the judge's figures saying whether its sketches carry identity."""
+    L = []
+    for arm in cfg.arms:
+        j = (res.get("judges") or {}).get(arm)
+        by = (res["verdicts"].get(arm) or {}).get("real") or {}
+        short = [p for p, d in by.items() if d["verdict"] != "beats"]
+        if arm == "real" or j is None or not short:
+            continue
+        g, r, ratio = j["generated"]["rank1"], j["real"]["rank1"], j["rank1_ratio"]
+        figs = f"judge rank-1 {g:.3f} vs {r:.3f} for real sketches, ratio {ratio:.2f}"
+        if ratio < FIDELITY_BAR:
+            L.append(f"- **Why real + {arm} does not beat real-only** ({', '.join(short)}): its sketches are not "
+                     f"recognisable as their reference person often enough ({figs}; the bar is "
+                     f"{FIDELITY_BAR:.1f}). Sketches paired with the wrong face teach the matcher wrong pairs, so at "
+                     "this size the generator, not the matcher, is what to improve (docs/identity-generator.md).")
+        else:
+            L.append(f"- **Real + {arm} does not beat real-only** ({', '.join(short)}) although its sketches carry "
+                     f"identity ({figs}): what they add is not what the test sketches need (style, realism: "
+                     f"Fréchet {j['frechet_distance']:.3f}), or the real pairs already teach it.")
+    return ["", "Reading:", "", *L] if L else []
 
 
 def _judge_table(judges: dict[str, Any]) -> list[str]:
