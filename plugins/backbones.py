@@ -343,6 +343,7 @@ class Matcher:
         inner = entry.cls(validate(entry.config_cls, opts, f"backbone options in {folder / 'matcher.json'}"))
         inner.load_weights(folder / "model.safetensors")
         self.folder, self.info, self.backbone = folder, info, inner
+        self.inner_name = entry.name  # what a matcher trained from this one records as its backbone
         self.input_size = tuple(inner.input_size)
         self.embedding_dim = int(inner.embedding_dim)
         self.color_order = inner.color_order

@@ -377,3 +377,36 @@ def test_report_says_why_a_synthetic_arm_does_not_help():
     res["verdicts"]["diffusion"]["real"]["forensic"]["verdict"] = "beats"
     res["verdicts"]["procedural"]["real"]["forensic"]["verdict"] = "beats"
     assert _readings(cfg, res) == []
+
+
+def test_pretrain_on_synthetic_then_fine_tune_on_real(finished, tmp_path):
+    """synthetic_use=pretrain on a copy: the procedural arm trains on its set alone, then
+    fine-tunes that matcher on the real data with real-only's budget; real-only and the
+    generated sets are reused, the fine-tuned folder names the inner architecture."""
+    import shutil
+
+    import yaml
+
+    from c4s_core.matcher_folder import read_matcher
+
+    cfg, res = finished
+    copy = tmp_path / "pretrain"
+    shutil.copytree(res["out"], copy, ignore=lambda d, names: [n for n in names if re.match(r"0[45]-(matcher|evaluate)-procedural", n)])
+    c2 = cfg.model_copy(update={"out": copy, "resume": True, "arms": ["real", "procedural"],
+                                "matcher": cfg.matcher.model_copy(update={"synthetic_use": "pretrain"})})
+    res2 = ex.run(c2, progress=False)
+    skipped = set(res2["skipped_stages"])
+    assert {"04-matcher-real", "03-generated-procedural"} <= skipped and "04-matcher-procedural" not in skipped
+    pre = yaml.safe_load((copy / "04-matcher-procedural-pretrain" / "config.yaml").read_text())
+    assert [d["dataset"]["name"] for d in pre["data"]] == ["manifest"]  # the generated set only
+    fine = yaml.safe_load((copy / "04-matcher-procedural" / "config.yaml").read_text())
+    real = yaml.safe_load((copy / "04-matcher-real" / "config.yaml").read_text())
+    assert fine["data"] == real["data"]  # real data, real-only's ratio
+    assert fine["backbone"]["name"] == "matcher"
+    assert Path(fine["backbone"]["options"]["path"]).name == "last"
+    _, info = read_matcher(copy / "04-matcher-procedural" / "last")
+    assert info["backbone"]["name"] == cfg.matcher.backbone.name
+    assert info["weights_sha256"] != read_matcher(copy / "04-matcher-real" / "last")[1]["weights_sha256"]
+    m = res2["matchers"]["procedural"]
+    assert m["pretrain_steps"] > 0 and m["optimizer_steps"] == res2["matchers"]["real"]["optimizer_steps"]
+    assert "synthetic_use: pretrain" in (copy / "report.md").read_text()

@@ -142,6 +142,10 @@ class MatcherSettings(C4SModel):
         None, ge=2, description="Images each arm sees per epoch (the budget); none: the largest arm's data.")
     real_share: float | None = Field(
         None, gt=0.0, lt=1.0, description="Share of a mixed arm's epoch drawn from the real data; none: its natural share.")
+    synthetic_use: Literal["mix", "pretrain"] = Field(
+        "mix", description="How a synthetic arm uses its set: mix: one training on real + synthetic (real_share); "
+        "pretrain: train on the synthetic set alone (stage 04-matcher-ARM-pretrain, same epochs and images per "
+        "epoch), then fine-tune that matcher on the real data alone with real-only's budget.")
     val_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="Share of the real training identities (never test) held out to pick each "
         "arm's best epoch by validation rank-1 (train-matcher's best/), which is then evaluated; 0: no validation, "
@@ -360,7 +364,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     judged = cfg.judge and "real" in cfg.arms
     total = (1 + 3 * sum(a in ("diffusion", "gan") for a in cfg.arms) + 2 * sum(a == "procedural" for a in cfg.arms)
              + len(cfg.arms) * (1 + n_eval) + n_eval * len(cfg.evaluation.baselines)
-             + (sum(a != "real" for a in cfg.arms) if judged else 0))
+             + (sum(a != "real" for a in cfg.arms) if judged else 0)
+             + (sum(a != "real" for a in cfg.arms) if cfg.matcher.synthetic_use == "pretrain" else 0))
     count = [0]
     skipped: list[str] = []
 
@@ -455,8 +460,19 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     train_summaries: dict[str, Any] = {}
     for arm in cfg.arms:
         mdir = out / f"04-matcher-{arm}"
-        tm = _matcher_config(cfg, arm, data["matcher_train"], gen_sets.get(arm), budget["arms"][arm]["ratios"], mdir,
-                             data["val"])
+        if arm != "real" and cfg.matcher.synthetic_use == "pretrain":
+            pdir = out / f"04-matcher-{arm}-pretrain"
+            ratio = budget["images_per_epoch"] / n_synth[arm]
+            tp = _matcher_config(cfg, arm, None, gen_sets[arm], [min(ratio, 100.0)], pdir, data["val"])
+            stage(f"train-matcher ({arm}, pretrain on synthetic)", pdir, tp, train_matcher.run,
+                  lambda d=pdir: (d / "last" / "state.json").is_file())
+            start = pdir / ("best" if data["val"] is not None else "last")
+            tm = _matcher_config(cfg, arm, data["matcher_train"], None, budget["arms"]["real"]["ratios"]
+                                 if "real" in budget["arms"] else [budget["images_per_epoch"] / data["matcher_train_images"]],
+                                 mdir, data["val"], backbone=ComponentSpec(name="matcher", options={"path": str(start.resolve())}))
+        else:
+            tm = _matcher_config(cfg, arm, data["matcher_train"], gen_sets.get(arm), budget["arms"][arm]["ratios"], mdir,
+                                 data["val"])
         s = stage(f"train-matcher ({arm})", mdir, tm, train_matcher.run,
                   lambda d=mdir: (d / "last" / "state.json").is_file(), legacy="accept")
         validated = data["val"] is not None
@@ -468,6 +484,10 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         doc = json.loads(state.read_text()) if state.is_file() else {}
         steps = train_summaries[arm]["optimizer_steps"] = doc.get("state", doc).get("step")  # hashed or older layout
         train_summaries[arm].update(_selection(s, hist, steps, validated))
+        if arm != "real" and cfg.matcher.synthetic_use == "pretrain":
+            doc = json.loads((pdir / "last" / "state.json").read_text())
+            train_summaries[arm]["pretrain_steps"] = doc.get("state", doc).get("step")
+            train_summaries[arm]["pretrained_from"] = str(start.relative_to(out))
 
     # 4b. identity fidelity of each generated set, judged by the real-only matcher (never trained on synthetic data)
     judges: dict[str, Any] = {}

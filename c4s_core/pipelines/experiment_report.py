@@ -202,7 +202,10 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
          + (f"; new identities drawn: {data['identities'].get('new_identities')}" if "new_identities" in data["identities"] else "")
          + f". Budget: {budget['images_per_epoch']} images per epoch x {cfg.matcher.epochs} epochs = "
          f"{budget['steps']} optimizer steps per arm (batch {cfg.matcher.batch_size})."
-         + (" All images grey." if ev.grayscale else ""), ""]
+         + (" All images grey." if ev.grayscale else "")
+         + (" Synthetic arms: a matcher trained on the generated set alone, then fine-tuned on the real data alone "
+            "with real-only's budget (matcher.synthetic_use: pretrain)." if cfg.matcher.synthetic_use == "pretrain"
+            else ""), ""]
     names = list(cfg.arms) + [b for b in ev.baselines if b in res["metrics"]]
     diffs = res.get("differences") or {}
     vs_real = "real" in cfg.arms and bool(diffs)
@@ -275,7 +278,8 @@ def _matcher_table(res: dict[str, Any], cfg: Config) -> list[str]:
          "|---|---|---|---|---|---|"]
     f = lambda x: "–" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)  # noqa: E731
     for arm, m in res["matchers"].items():
-        L.append(f"| {arm} | {f(m.get('epochs_done'))} | {f(m.get('optimizer_steps'))} | {f(m.get('selected_epoch'))} | "
+        shown = arm + (f" (after {m['pretrain_steps']} steps on its synthetic set alone)" if m.get("pretrain_steps") else "")
+        L.append(f"| {shown} | {f(m.get('epochs_done'))} | {f(m.get('optimizer_steps'))} | {f(m.get('selected_epoch'))} | "
                  f"{f(m.get('selected_steps'))} | {f(m.get('selected_val_rank1'))} |")
     return [*L, ""]
 

@@ -99,18 +99,21 @@ def _budget(cfg: Config, n_real: int, n_synth: dict[str, int]) -> dict[str, Any]
     return {"images_per_epoch": ipe, "steps": steps, "arms": plan}
 
 
-def _matcher_config(cfg: Config, arm: str, train_spec: dict, gen_manifest: Path | None, ratios: list[float], out: Path,
-                    val_spec: dict | None = None):
-    """train-matcher's config; ``val_spec``: the validation identities (never trained on) that pick best/."""
+def _matcher_config(cfg: Config, arm: str, train_spec: dict | None, gen_manifest: Path | None, ratios: list[float],
+                    out: Path, val_spec: dict | None = None, backbone: ComponentSpec | None = None):
+    """train-matcher's config: the real data (``train_spec``, none: left out) then the generated
+    set, one ratio each in that order; ``val_spec``: the validation identities (never trained on)
+    that pick best/; ``backbone``: instead of the matcher's (a matcher folder to fine-tune)."""
     from .train_matcher import Config as TM
 
-    data = [{"dataset": train_spec, "ratio": ratios[0]}]
+    data = [] if train_spec is None else [{"dataset": train_spec}]
     if gen_manifest is not None:
-        data.append({"dataset": {"name": "manifest", "options": {"path": str(gen_manifest.resolve())}},
-                     "ratio": ratios[1]})
+        data.append({"dataset": {"name": "manifest", "options": {"path": str(gen_manifest.resolve())}}})
+    for d, r in zip(data, ratios, strict=True):
+        d["ratio"] = r
     m = cfg.matcher
     return TM.model_validate({
-        **m.options, "data": data, "aligner": cfg.aligner, "backbone": m.backbone, "head": m.head,
+        **m.options, "data": data, "aligner": cfg.aligner, "backbone": backbone or m.backbone, "head": m.head,
         "epochs": m.epochs, "batch_size": m.batch_size, "lr": m.lr, "device": m.device, "threads": m.threads,
         "val_fraction": 0.0, "val_data": [{"dataset": val_spec}] if val_spec else [], "seed": cfg.seed, "out": out,
     })

@@ -465,7 +465,8 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
     for attr in ("model", "to_input", "architecture", "embed"):
         if not hasattr(backbone, attr):
             raise ConfigError(f"backbone {bb_spec.name!r} is not trainable (it has no {attr}); pick a torch backbone such as ir_18")
-    bb_name = bb_entry.name
+    # fine-tuning a trained matcher folder: the new folder names the architecture inside it
+    bb_name = getattr(backbone, "inner_name", None) or bb_entry.name
     images, ids, mods, src, data_hash = _load_data(config, regs, tuple(backbone.input_size), show)
     val_mask = _val_mask(ids, mods, src, config)
     train_idx = np.flatnonzero(~val_mask)
