@@ -142,6 +142,9 @@ class MatcherSettings(C4SModel):
         None, ge=2, description="Images each arm sees per epoch (the budget); none: the largest arm's data.")
     real_share: float | None = Field(
         None, gt=0.0, lt=1.0, description="Share of a mixed arm's epoch drawn from the real data; none: its natural share.")
+    seed: int | None = Field(
+        None, ge=0, description="Seed of every matcher training (initialisation, batch order, augmentation); none: the "
+        "experiment's seed. Set it on a copy of a finished experiment to repeat only the matchers and evaluations.")
     synthetic_use: Literal["mix", "pretrain"] = Field(
         "mix", description="How a synthetic arm uses its set: mix: one training on real + synthetic (real_share); "
         "pretrain: train on the synthetic set alone (stage 04-matcher-ARM-pretrain, same epochs and images per "

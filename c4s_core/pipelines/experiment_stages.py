@@ -115,7 +115,8 @@ def _matcher_config(cfg: Config, arm: str, train_spec: dict | None, gen_manifest
     return TM.model_validate({
         **m.options, "data": data, "aligner": cfg.aligner, "backbone": backbone or m.backbone, "head": m.head,
         "epochs": m.epochs, "batch_size": m.batch_size, "lr": m.lr, "device": m.device, "threads": m.threads,
-        "val_fraction": 0.0, "val_data": [{"dataset": val_spec}] if val_spec else [], "seed": cfg.seed, "out": out,
+        "val_fraction": 0.0, "val_data": [{"dataset": val_spec}] if val_spec else [],
+        "seed": cfg.seed if m.seed is None else m.seed, "out": out,
     })
 
 
