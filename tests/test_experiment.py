@@ -430,3 +430,17 @@ def test_matcher_seed_repeats_only_the_matchers(finished, tmp_path):
     assert yaml.safe_load((copy / "04-matcher-real" / "config.yaml").read_text())["seed"] == 7
     assert all(res2["data"]["identities"][k] == res["data"]["identities"][k] for k in ("train", "test"))
     assert res2["metrics"]["hog"] == res["metrics"]["hog"]
+
+
+def test_reading_without_a_ceiling():
+    """A judge whose real sketches rank nothing first has no ratio: the reading says the judge
+    cannot tell, instead of failing (tiny runs, the demo)."""
+    from c4s_core.pipelines.experiment import Config
+    from c4s_core.pipelines.experiment_report import _readings
+
+    cfg = Config(arms=["real", "procedural"])
+    res = {"verdicts": {"real": {}, "procedural": {"real": {"aligned": {"verdict": "loses to"}}}},
+           "judges": {"procedural": {"generated": {"rank1": 0.0}, "real": {"rank1": 0.0}, "rank1_ratio": None,
+                                     "frechet_distance": None}}}
+    text = "\n".join(_readings(cfg, res))
+    assert "the judge cannot say" in text and "ratio –" in text

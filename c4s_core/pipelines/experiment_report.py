@@ -289,6 +289,10 @@ def _matcher_table(res: dict[str, Any], cfg: Config) -> list[str]:
 FIDELITY_BAR = 0.8
 
 
+def _num(x: float | None, digits: int) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
 def _readings(cfg: Config, res: dict[str, Any]) -> list[str]:
     """One plain sentence per synthetic arm that does not beat real-only on some protocol,
     with the judge's figures saying whether its sketches carry identity."""
@@ -299,9 +303,12 @@ def _readings(cfg: Config, res: dict[str, Any]) -> list[str]:
         short = [p for p, d in by.items() if d["verdict"] != "beats"]
         if arm == "real" or j is None or not short:
             continue
-        g, r, ratio = j["generated"]["rank1"], j["real"]["rank1"], j["rank1_ratio"]
-        figs = f"judge rank-1 {g:.3f} vs {r:.3f} for real sketches, ratio {ratio:.2f}"
-        if ratio < FIDELITY_BAR:
+        g, r, ratio = j["generated"].get("rank1"), j["real"].get("rank1"), j.get("rank1_ratio")
+        figs = (f"judge rank-1 {_num(g, 3)} vs {_num(r, 3)} for real sketches, ratio {_num(ratio, 2)}")
+        if ratio is None:  # no ceiling to compare with (real sketches' rank-1 is 0, or none were judged)
+            L.append(f"- **Real + {arm} does not beat real-only** ({', '.join(short)}); the judge cannot say whether "
+                     f"its sketches carry identity ({figs}).")
+        elif ratio < FIDELITY_BAR:
             L.append(f"- **Why real + {arm} does not beat real-only** ({', '.join(short)}): its sketches are not "
                      f"recognisable as their reference person often enough ({figs}; the bar is "
                      f"{FIDELITY_BAR:.1f}). Sketches paired with the wrong face teach the matcher wrong pairs, so at "
@@ -309,7 +316,7 @@ def _readings(cfg: Config, res: dict[str, Any]) -> list[str]:
         else:
             L.append(f"- **Real + {arm} does not beat real-only** ({', '.join(short)}) although its sketches carry "
                      f"identity ({figs}): what they add is not what the test sketches need (style, realism: "
-                     f"Fréchet {j['frechet_distance']:.3f}), or the real pairs already teach it.")
+                     f"Fréchet {_num(j.get('frechet_distance'), 3)}), or the real pairs already teach it.")
     return ["", "Reading:", "", *L] if L else []
 
 
