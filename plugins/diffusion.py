@@ -696,16 +696,10 @@ class DiffusionGenerator:
     def init_images(self, photos) -> Any:
         """The photos as the generator's start images: grey, at its side (area-averaged),
         replicated to 3 channels, float ``[N, 3, S, S]`` in [-1, 1] (sketches are grey)."""
-        import torch
-        from PIL import Image
+        from .spatial import PhotoMapConditioner, PhotoMapConfig
 
-        from .conditioners import _check_photos, _square
-
-        s = self.size
-        grey = [np.asarray(Image.fromarray(_square(p)).convert("L").resize((s, s), Image.BOX), np.float32)
-                for p in _check_photos(photos, "diffusion start images")]
-        x = torch.from_numpy(np.stack(grey))[:, None] / 127.5 - 1.0
-        return x.expand(-1, 3, -1, -1).contiguous()
+        grey = PhotoMapConditioner(PhotoMapConfig(size=self.size, channels="grey")).encode(photos)
+        return grey.expand(-1, 3, -1, -1).contiguous()
 
     def _sample_chunk(self, chunk, tokens, sampler, guidance, guided, branches, seed_ints, step_kw,
                       init=None, strength: float = 1.0):

@@ -342,7 +342,7 @@ def _run(config: Config, progress: bool, ctx, device: str | None) -> dict:
     if config.start_style is not None and config.strength >= 1.0:
         raise ConfigError(f"start_style={config.start_style!r} needs strength < 1 (at 1 sampling starts from pure noise)")
     starter = None
-    if config.start_style is not None and config.strength < 1.0:
+    if config.start_style is not None:  # strength < 1, checked above
         # jitter 0: the start is the plain rendering; the diffusion's own seeded noise varies it
         starter = regs.generator.build("procedural", {"size": int(getattr(gen, "size", 112)), "jitter": 0.0})
         starter.style(config.start_style)  # an unknown or prompt-only style fails here, before any work
