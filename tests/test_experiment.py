@@ -444,3 +444,41 @@ def test_reading_without_a_ceiling():
                                      "frechet_distance": None}}}
     text = "\n".join(_readings(cfg, res))
     assert "the judge cannot say" in text and "ratio –" in text
+
+
+def test_a_generator_trained_outside_is_used_and_checked(finished, tmp_path):
+    """trained_generators: the diffusion arm draws with a generator trained elsewhere
+    (here the finished run's), skipping its training stage, with the SDEdit start in
+    the procedural pencil; one that learnt from a test person is refused by name."""
+    import shutil
+
+    from c4s_core.data.manifest import read_manifest
+
+    cfg, res = finished
+    copy = tmp_path / "given"
+    shutil.copytree(res["out"], copy, ignore=lambda d, names: [n for n in names if re.match(r"0[2-5]-.*diffusion", n)])
+    trained = Path(res["out"]) / "02-generator-diffusion"
+    c2 = cfg.model_copy(update={"out": copy, "resume": True, "arms": ["real", "diffusion"], "strength": 0.5,
+                                "start_style": "pencil", "trained_generators": {"diffusion": trained}})
+    res2 = ex.run(c2, progress=False)
+    assert not (copy / "02-generator-diffusion").exists() and "04-matcher-real" in res2["skipped_stages"]
+    recs = [r for r in read_manifest(copy / "03-generated-diffusion" / "manifest.jsonl") if r["modality"] == "sketch"]
+    assert len(recs) == 6 * 2 and {(r.get("strength"), r.get("start_style")) for r in recs} == {(0.5, "pencil")}
+    given = res2["generators"]["generator-diffusion"]
+    assert given["trained"] == str(trained / "generator") and given["shared_with_test"] == 0
+    assert given["learnt_identities"] == 8 and given["test_identities_checked"] == 8
+    # a checkpoint folder is accepted too; a run that learnt from the test split is refused
+    ck = next((trained / "checkpoints").glob("step_*"))
+    assert ex._trained_generator(ck, "diffusion", res2["data"]["test"])["weights"] == ck
+    leaky = tmp_path / "leaky"
+    shutil.copytree(trained, leaky)
+    run = json.loads((leaky / "run.json").read_text())
+    run["config"]["dataset"] = res2["data"]["test"]
+    (leaky / "run.json").write_text(json.dumps(run))
+    with pytest.raises(DataError, match="learnt from 8 people of this experiment's test split"):
+        ex.run(c2.model_copy(update={"out": tmp_path / "leak", "resume": False,
+                                     "trained_generators": {"diffusion": leaky}}), progress=False)
+    with pytest.raises(ConfigError, match="neither a train-generator out folder"):
+        ex._trained_generator(tmp_path, "diffusion", res2["data"]["test"])
+    with pytest.raises(ValueError, match="not in arms"):
+        tiny(tmp_path / "x", arms=["real"], trained_generators={"gan": trained})

@@ -137,8 +137,10 @@ class Int8Codes:
         q_err = np.linalg.norm(q - qb.float().numpy(), axis=1)
         qb_n = np.linalg.norm(qb.float().numpy(), axis=1)
         # |q.x - approx| <= |q.(x - xh)| + |(q - qb).xh| + bfloat16 rounding of the output (2^-9 relative,
-        # doubled) + float32 accumulation (d * 2^-24 relative, bounded by 1e-5 for d <= 4096)
-        bound = qn * self.residual_max + q_err * self.norm_max + 2.0 ** -8 * qb_n * self.norm_max + 1e-5
+        # doubled) + float32 accumulation (at most d roundings, each relative to |qb||xh|: gamma_d)
+        d = q.shape[1]
+        bound = (qn * self.residual_max + q_err * self.norm_max + 2.0 ** -8 * qb_n * self.norm_max
+                 + (d + 2) * 2.0 ** -24 * qb_n * self.norm_max + 1e-7)
         return approx, bound
 
 

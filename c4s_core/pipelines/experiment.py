@@ -94,6 +94,7 @@ from .experiment_stages import (
     _generator_config,
     _matcher_config,
     _stage_hash,
+    _trained_generator,
     _validation_split,
 )
 
@@ -259,6 +260,13 @@ class Config(C4SModel):
     strength: float = Field(
         1.0, gt=0.0, le=1.0, description="Diffusion arm: start sampling this far up the schedule from the noised "
         "grey reference photo (SDEdit, generate's `strength`); 1: pure noise.")
+    start_style: str | None = Field(
+        None, description="Diffusion arm with strength < 1: start from the procedural rendering of the photo in this "
+        "style (generate's `start_style`, e.g. pencil) instead of the grey photo.")
+    trained_generators: dict[Literal["diffusion", "gan"], Path] = Field(
+        default_factory=dict, description="Generators trained outside this experiment, per arm: a train-generator out "
+        "folder (its generator/) or one of its checkpoints/step_N. That arm's training stage is skipped. The run's "
+        "recorded training data must share no person with this experiment's test split (checked, else an error).")
     report_similarity: ComponentSpec | None = Field(
         None, description="Encoder measuring identity similarity (genuine and impostor) in each generated set's "
         "report (report-dataset; e.g. dlib_id); none: the report has diversity and the contact sheet only.")
@@ -289,6 +297,15 @@ class Config(C4SModel):
         need = [p for p in self.evaluation.protocols if _PROTOCOL[p][1]]
         if need and self.distractors is None:
             raise ValueError(f"evaluation.protocols {need} enlarge the gallery: give distractors")
+        return self
+
+    @model_validator(mode="after")
+    def _trained_arms(self):
+        extra = sorted(set(self.trained_generators) - set(self.arms))
+        if extra:
+            raise ValueError(f"trained_generators names {extra}, which are not in arms {self.arms}")
+        if self.start_style is not None and self.strength >= 1.0:
+            raise ValueError(f"start_style={self.start_style!r} needs strength < 1 (at 1 sampling starts from noise)")
         return self
 
     @field_validator("generator_options")
@@ -365,7 +382,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     say = (lambda m: print(f"c4s experiment: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     n_eval = len(cfg.evaluation.protocols)
     judged = cfg.judge and "real" in cfg.arms
-    total = (1 + 3 * sum(a in ("diffusion", "gan") for a in cfg.arms) + 2 * sum(a == "procedural" for a in cfg.arms)
+    total = (1 + 3 * sum(a in ("diffusion", "gan") and a not in cfg.trained_generators for a in cfg.arms)
+             + 2 * sum(a in cfg.trained_generators for a in cfg.arms) + 2 * sum(a == "procedural" for a in cfg.arms)
              + len(cfg.arms) * (1 + n_eval) + n_eval * len(cfg.evaluation.baselines)
              + (sum(a != "real" for a in cfg.arms) if judged else 0)
              + (sum(a != "real" for a in cfg.arms) if cfg.matcher.synthetic_use == "pretrain" else 0))
@@ -432,8 +450,13 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     for arm in cfg.arms:
         if arm == "real":
             continue
-        checkpoint = None
-        if arm in ("diffusion", "gan"):
+        checkpoint, csize = None, None
+        if arm in cfg.trained_generators:
+            given = _trained_generator(cfg.trained_generators[arm], arm, data["test"])
+            checkpoint, csize = given["weights"], given["condition_size"]
+            gen_summaries[f"generator-{arm}"] = given["summary"]
+            say(f"[-] train-generator ({arm}): using {checkpoint} (trained outside; shares no person with the test)")
+        elif arm in ("diffusion", "gan"):
             gdir = out / f"02-generator-{arm}"
             tg = _generator_config(cfg, arm, gdir, data["train"])
             s = stage(f"train-generator ({arm})", gdir, tg, train_generator.run,
@@ -441,7 +464,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             gen_summaries[f"generator-{arm}"] = {k: s.get(k) for k in ("step", "final_loss", "val_loss", "steps_per_s")}
             checkpoint = gdir / "generator"
         sdir = out / f"03-generated-{arm}"
-        s = stage(f"generate ({arm})", sdir, _generate_config(cfg, arm, checkpoint, sdir), generate.run)
+        s = stage(f"generate ({arm})", sdir, _generate_config(cfg, arm, checkpoint, sdir, csize), generate.run)
         if not s.get("complete"):
             raise DataError(f"generate ({arm}) did not finish the set in {sdir}; rerun with --resume")
         gen_sets[arm] = sdir / "manifest.jsonl"

@@ -30,23 +30,69 @@ def _generator_config(cfg: Config, arm: str, out: Path, train_spec: dict | None 
     })
 
 
-def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path):
+def _trained_generator(folder: Path, arm: str, test_spec: dict) -> dict[str, Any]:
+    """A generator trained outside this experiment (``trained_generators``): its
+    weights folder, the condition size it learnt at, and proof that none of the
+    people it learnt from is in this experiment's test split. ``folder``: a
+    train-generator out folder (its ``generator/``) or one of its
+    ``checkpoints/step_N/``; the training data is read from the run's run.json."""
+    from ..errors import ConfigError, DataError
+    from ..plugins import get_registries
+    from .experiment_data import _identities
+
+    folder = Path(folder)
+    if (folder / "run.json").is_file():
+        run_dir, weights = folder, folder / "generator"
+        if not (weights / "generator.json").is_file():
+            raise ConfigError(f"trained_generators.{arm}: {folder} has no finished generator/ (training stopped "
+                              "early?); name one of its checkpoints/step_N folders instead")
+    elif (folder / "generator.json").is_file() and (folder.parent.parent / "run.json").is_file():
+        run_dir, weights = folder.parent.parent, folder
+    else:
+        raise ConfigError(f"trained_generators.{arm}: {folder} is neither a train-generator out folder (run.json + "
+                          "generator/) nor one of its checkpoints/step_N folders")
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+        tcfg = run["config"]
+        dataset = ComponentSpec.model_validate(tcfg["dataset"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"trained_generators.{arm}: {run_dir / 'run.json'} does not record the training dataset "
+                        f"({err}); the experiment cannot check it never saw a test identity") from None
+    if run.get("pipeline") != "train-generator":
+        raise DataError(f"trained_generators.{arm}: {run_dir / 'run.json'} is from {run.get('pipeline')!r}, "
+                        "not train-generator")
+    regs = get_registries()
+    learnt = _identities(regs.dataset.build(dataset))
+    tested = _identities(regs.dataset.build(ComponentSpec.model_validate(test_spec)))
+    leak = sorted(learnt & tested)
+    if leak:
+        raise DataError(f"trained_generators.{arm}: {weights} learnt from {len(leak)} people of this experiment's "
+                        f"test split (e.g. {', '.join(leak[:5])}): its sketches would leak the test; train it on the "
+                        "experiment's 01-data/train.jsonl instead")
+    return {"weights": weights, "condition_size": int(tcfg.get("condition_size", 112)),
+            "summary": {"trained": str(weights), "steps": tcfg.get("steps"), "learnt_identities": len(learnt),
+                        "test_identities_checked": len(tested), "shared_with_test": 0}}
+
+
+def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path, condition_size: int | None = None):
     from .generate import Config as G
 
-    csize = cfg.generator_options.get("condition_size", 112)
+    csize = condition_size or cfg.generator_options.get("condition_size", 112)
     return G(
         checkpoint=checkpoint, generator=cfg.procedural if arm == "procedural" else ComponentSpec(name="procedural"),
         dataset=cfg.new_identities, num_identities=cfg.new_limit,
         styles=cfg.procedural_styles or cfg.styles if arm == "procedural" else cfg.styles,
         num_per_style=cfg.num_per_style, styles_per_identity=cfg.styles_per_identity, sampler=cfg.sampler, guidance=cfg.guidance, seed=cfg.seed,
-        strength=cfg.strength if arm == "diffusion" else 1.0, batch_size=cfg.generate_batch_size, aligner=cfg.generator_aligner, condition_size=csize,
+        strength=cfg.strength if arm == "diffusion" else 1.0,
+        start_style=cfg.start_style if arm == "diffusion" else None, batch_size=cfg.generate_batch_size, aligner=cfg.generator_aligner, condition_size=csize,
         similarity=False, out=out,
     )
 
 
 # stage-config fields added after experiments were run, and the values that mean
 # "as before" (None: any value; the stage is rerun, see experiment.run's `legacy`)
-_ADDED_FIELDS: dict[str, Any] = {"val_data": [], "bootstrap": None, "bootstrap_seed": None, "strength": 1.0}
+_ADDED_FIELDS: dict[str, Any] = {"val_data": [], "bootstrap": None, "bootstrap_seed": None, "strength": 1.0,
+                                 "start_style": None}
 
 
 def _stage_hash(stage_cfg, out: Path | None = None, legacy: bool = False) -> str:
