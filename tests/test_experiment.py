@@ -469,7 +469,8 @@ def test_a_generator_trained_outside_is_used_and_checked(finished, tmp_path):
     assert given["learnt_identities"] == 8 and given["test_identities_checked"] == 8
     # a checkpoint folder is accepted too; a run that learnt from the test split is refused
     ck = next((trained / "checkpoints").glob("step_*"))
-    assert ex._trained_generator(ck, "diffusion", res2["data"]["test"])["weights"] == ck
+    for folder in (ck, trained / "generator"):
+        assert ex._trained_generator(folder, "diffusion", res2["data"]["test"])["weights"] == folder
     leaky = tmp_path / "leaky"
     shutil.copytree(trained, leaky)
     run = json.loads((leaky / "run.json").read_text())
@@ -480,5 +481,5 @@ def test_a_generator_trained_outside_is_used_and_checked(finished, tmp_path):
                                      "trained_generators": {"diffusion": leaky}}), progress=False)
     with pytest.raises(ConfigError, match="neither a train-generator out folder"):
         ex._trained_generator(tmp_path, "diffusion", res2["data"]["test"])
-    with pytest.raises(ValueError, match="not in arms"):
-        tiny(tmp_path / "x", arms=["real"], trained_generators={"gan": trained})
+    with pytest.raises(ValueError, match="needs strength < 1"):
+        tiny(tmp_path / "x", start_style="pencil")

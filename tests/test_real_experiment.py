@@ -149,3 +149,21 @@ def test_every_stage_records_time_and_peak_memory(run):
     for m in marks:
         rec = json.loads(m.read_text())
         assert rec["seconds"] >= 0 and rec["peak_rss_mb"] > 50, m
+
+
+def test_claim_config_reuses_pretrained_real_and_trained_generators():
+    """claim-pretrained.yaml (issue 19's rerun) is pretrained-real.yaml plus the
+    synthetic arms: the same data, split, matcher and evaluation (so a copy of a
+    finished pretrained-real run resumes with its real-only arm reused), and the
+    two learnt generators trained outside, the diffusion one with the SDEdit start."""
+    claim = load_config(ex.Config, ROOT / "examples/experiments/claim-pretrained.yaml")
+    base = load_config(ex.Config, ROOT / "examples/experiments/pretrained-real.yaml")
+    assert claim.arms == ["real", "diffusion", "gan", "procedural"]
+    for field in ("seed", "train", "test", "test_fraction", "distractors", "prealign", "aligner", "matcher",
+                  "evaluation"):
+        assert getattr(claim, field) == getattr(base, field), field
+    assert set(claim.trained_generators) == {"diffusion", "gan"}
+    assert 0 < claim.strength < 1 and claim.start_style == "pencil" and claim.guidance.get("identity", 0) > 0
+    assert set(claim.styles) == {"cufs", "fs2k_0", "fs2k_1", "fs2k_2"} and claim.styles_per_identity == 2
+    cfg = ex._generate_config(claim, "diffusion", Path("g"), Path("o"), condition_size=150)
+    assert (cfg.strength, cfg.start_style, cfg.condition_size) == (claim.strength, "pencil", 150)

@@ -34,7 +34,7 @@ def _trained_generator(folder: Path, arm: str, test_spec: dict) -> dict[str, Any
     """A generator trained outside this experiment (``trained_generators``): its
     weights folder, the condition size it learnt at, and proof that none of the
     people it learnt from is in this experiment's test split. ``folder``: a
-    train-generator out folder (its ``generator/``) or one of its
+    train-generator out folder, its ``generator/`` or one of its
     ``checkpoints/step_N/``; the training data is read from the run's run.json."""
     from ..errors import ConfigError, DataError
     from ..plugins import get_registries
@@ -46,7 +46,9 @@ def _trained_generator(folder: Path, arm: str, test_spec: dict) -> dict[str, Any
         if not (weights / "generator.json").is_file():
             raise ConfigError(f"trained_generators.{arm}: {folder} has no finished generator/ (training stopped "
                               "early?); name one of its checkpoints/step_N folders instead")
-    elif (folder / "generator.json").is_file() and (folder.parent.parent / "run.json").is_file():
+    elif (folder / "generator.json").is_file() and (folder.parent / "run.json").is_file():  # its generator/
+        run_dir, weights = folder.parent, folder
+    elif (folder / "generator.json").is_file() and (folder.parent.parent / "run.json").is_file():  # a checkpoint
         run_dir, weights = folder.parent.parent, folder
     else:
         raise ConfigError(f"trained_generators.{arm}: {folder} is neither a train-generator out folder (run.json + "
