@@ -240,3 +240,57 @@ def test_int8_error_bound_holds(tmp_path):
         err = np.abs(approx.float().numpy() - q @ emb.T).max(axis=1)
         assert (err <= bound).all() and (bound < 0.05).all()
         assert codes.nbytes == 3000 * 96 + 2 * 3000  # a quarter of float32, plus the scales
+
+
+def same(got, ref) -> bool:
+    """The same hits (identity, row) in order, scores equal to float32 rounding."""
+    return ([[(h.identity, h.row) for h in r] for r in got] == [[(h.identity, h.row) for h in r] for r in ref]
+            and np.allclose([[h.score for h in r] for r in got], [[h.score for h in r] for r in ref], atol=2e-6))
+
+
+def test_int8_codes_persist_beside_the_index(tmp_path, monkeypatch):
+    """The int8 codes are written once per generation and read by the next process;
+    a damaged codes file is never used (warned, rebuilt), a new generation drops the
+    old one, and a folder that cannot be written to still searches."""
+    pytest.importorskip("torch")
+    from c4s_core.data import io as dio
+    from c4s_core.gallery.search import Int8Codes
+
+    n, d = 3000, 48
+    emb = clustered(n, d, seed=6)
+    g = tmp_path / "g"
+    gi = GalleryIndex.create(g, model_hash="m", embedding_dim=d)
+    gi.add([f"id{i:05d}" for i in range(n)], emb)
+    gi.save()
+    q = emb[:5] + 0.03 * unit(5, d, seed=8)
+    ref = GalleryIndex.open(g).search(q, top_k=10)
+    assert same(GalleryIndex.open(g).search(q, top_k=10, backend="int8"), ref)
+    files = sorted(g.glob("int8-*.npz"))
+    assert len(files) == 1 and files[0].name.startswith(f"int8-{gi.info['embeddings_sha256'][:16]}-")
+
+    real_build = Int8Codes.build
+    built = []
+    monkeypatch.setattr(Int8Codes, "build", classmethod(lambda cls, e, **kw: built.append(1) or real_build(e, **kw)))
+    assert same(GalleryIndex.open(g, mmap=True).search(q, top_k=10, backend="int8"), ref) and built == []  # read back
+
+    raw = bytearray(files[0].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte inside the codes
+    files[0].write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="int8 codes not used .*does not match its name"):
+        assert same(GalleryIndex.open(g).search(q, top_k=10, backend="int8"), ref)
+    assert built == [1] and len(list(g.glob("int8-*.npz"))) == 1
+    assert same(GalleryIndex.open(g).search(q, top_k=10, backend="int8"), ref) and built == [1]  # the rebuilt file reads
+
+    gi = GalleryIndex.open(g)
+    gi.add(["new"], q[:1])
+    assert gi.search(q[:1], top_k=1, backend="int8")[0][0].identity == "new"  # pending rows: built, not written
+    assert [p.name for p in g.glob("int8-*.npz")] == [files[0].name]
+    gi.save()
+    assert list(g.glob("int8-*.npz")) == []  # the old generation's codes went with it
+
+    def refuse(*a, **k):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(dio, "atomic_write_bytes", refuse)
+    assert GalleryIndex.open(g).search(q[:1], top_k=1, backend="int8")[0][0].identity == "new"
+    assert list(g.glob("int8-*.npz")) == []

@@ -127,6 +127,30 @@ class Int8Codes:
     def nbytes(self) -> int:
         return int(self.codes.numel() + 2 * self.scales.numel())
 
+    def to_bytes(self) -> bytes:
+        """The codes as an uncompressed ``.npz`` (codes, scales' bfloat16 bits, bound terms)."""
+        import io
+
+        torch = _torch()
+        buf = io.BytesIO()
+        np.savez(buf, codes=self.codes.numpy(), scales=self.scales.view(torch.int16).numpy(),
+                 bound=np.array([self.residual_max, self.norm_max], np.float64))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, shape: tuple[int, int]) -> Int8Codes:
+        """Codes written by :meth:`to_bytes` for a gallery of ``shape``; ValueError if they do not fit."""
+        import io
+
+        torch = _torch()
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            codes, scales, bound = z["codes"], z["scales"], z["bound"]
+        if codes.shape != tuple(shape) or codes.dtype != np.int8 or scales.shape != (shape[0],) \
+                or scales.dtype != np.int16 or bound.shape != (2,):
+            raise ValueError(f"codes {codes.shape} {codes.dtype}, scales {scales.shape} for a gallery of {shape}")
+        return cls(torch.from_numpy(codes), torch.from_numpy(scales).view(torch.bfloat16), float(bound[0]),
+                   float(bound[1]))
+
     def scores(self, q: np.ndarray) -> tuple[Any, np.ndarray]:
         """Quantised scores ``[Q, n]`` (torch bfloat16) and each query's error bound ``E`` ``[Q]``."""
         torch = _torch()
