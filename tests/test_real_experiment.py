@@ -159,9 +159,11 @@ def test_claim_config_reuses_pretrained_real_and_trained_generators():
     claim = load_config(ex.Config, ROOT / "examples/experiments/claim-pretrained.yaml")
     base = load_config(ex.Config, ROOT / "examples/experiments/pretrained-real.yaml")
     assert claim.arms == ["real", "diffusion", "gan", "procedural"]
-    for field in ("seed", "train", "test", "test_fraction", "distractors", "prealign", "aligner", "matcher",
-                  "evaluation"):
+    for field in ("seed", "train", "test", "test_fraction", "distractors", "prealign", "aligner", "evaluation"):
         assert getattr(claim, field) == getattr(base, field), field
+    # real-only's budget, so pretrained-real's real-only arm is reused: its images per epoch = its training images
+    assert claim.matcher.model_copy(update={"images_per_epoch": None}) == base.matcher
+    assert base.matcher.images_per_epoch is None and claim.matcher.images_per_epoch == 1964
     assert set(claim.trained_generators) == {"diffusion", "gan"}
     assert 0 < claim.strength < 1 and claim.start_style == "pencil" and claim.guidance.get("identity", 0) > 0
     assert set(claim.styles) == {"cufs", "fs2k_0", "fs2k_1", "fs2k_2"} and claim.styles_per_identity == 2

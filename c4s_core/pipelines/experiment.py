@@ -11,6 +11,10 @@ with the **same budget**, then evaluated on the **same** test split:
   (``gan_steps``, same pairs);
 - ``procedural``: real + procedural renderings of the same new identities (no training).
 
+``trained_generators`` swaps a generator's training stage for one trained
+outside (a train-generator run folder, its ``generator/`` or a checkpoint);
+the run's recorded training data must share no person with the test split.
+
 Every generated set holds, per new identity, its reference photo and
 ``len(styles) x num_per_style`` sketches, so the three synthetic sets have the
 same identities and the same number of images.
