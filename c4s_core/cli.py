@@ -285,6 +285,9 @@ _add_builtin_groups()
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .malloc import tune_malloc
+
+    tune_malloc()  # before the first tensor: large blocks are reused, not re-faulted each step
     argv = sys.argv[1:] if argv is None else argv
     _prescan(argv)
     try:
