@@ -33,7 +33,8 @@ for _ in range(int(sys.argv[1])):
 r1, n = os.times(), int(sys.argv[1])
 print(json.dumps({"tuned": tuned, "wall_s_per_step": round((time.perf_counter() - t0) / n, 3),
                   "user_s_per_step": round((r1.user - r0.user) / n, 3), "sys_s_per_step": round((r1.system - r0.system) / n, 3),
-                  "minor_faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // n}))
+                  "minor_faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // n,
+                  "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 """
 
 

@@ -6,9 +6,12 @@ step pays for zeroing and faulting its large activations again. On 2 cores that
 was 40 % of a generate run's CPU time in system calls (utime 11.5 s, stime
 7.6 s over 10 s), and a stack of 64-channel 3x3 convolutions at batch 32 ran
 1.5-1.8x faster with the blocks kept (``benchmarks/bench_malloc.py``). So the
-``c4s`` command raises both thresholds to 1 GiB at start: freed blocks stay in
-the heap for the next step (the peak memory is unchanged; the process keeps up
-to 1 GiB of freed memory for reuse instead of returning it at once).
+``c4s`` command raises both thresholds to 256 MiB at start: freed blocks up to
+that size stay in the heap for the next step. The price is resident memory:
+freed blocks are kept for reuse instead of returned at once, so a process
+holds more than it uses at any moment (``bench_malloc.py`` reports the peak
+RSS both ways; a diffusion ``generate`` at batch 32 was seen at 2.7 GB with a
+1 GiB threshold against 1.5 GB without).
 
 ``C4S_MALLOC_TUNE=0`` leaves glibc's defaults. Other C libraries (musl, macOS,
 Windows) are left alone.
@@ -22,7 +25,7 @@ import sys
 
 __all__ = ["tune_malloc", "THRESHOLD"]
 
-THRESHOLD = 1 << 30
+THRESHOLD = 256 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 
 
