@@ -14,6 +14,11 @@ os.environ["C4S_LOAD_PLUGINS"] = ""
 os.environ.pop("C4S_BLOCK_PLUGINS", None)
 os.environ.pop("C4S_STRICT_PLUGINS", None)
 
+# what the c4s command does at start: pipelines run in-process here (c4s_core/malloc.py)
+from c4s_core.malloc import tune_malloc  # noqa: E402
+
+tune_malloc()
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("C4S_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
