@@ -11,7 +11,8 @@ that size stay in the heap for the next step. The price is resident memory:
 freed blocks are kept for reuse instead of returned at once, so a process
 holds more than it uses at any moment (``bench_malloc.py`` reports the peak
 RSS both ways; a diffusion ``generate`` at batch 32 was seen at 2.7 GB with a
-1 GiB threshold against 1.5 GB without).
+1 GiB threshold against 1.5 GB without). A stage's peak RSS (``stage.json``)
+can then include memory an earlier stage of the same process freed.
 
 ``C4S_MALLOC_TUNE=0`` leaves glibc's defaults. Other C libraries (musl, macOS,
 Windows) are left alone.
