@@ -201,6 +201,10 @@ def init_from_env(device_type: str | None = None, timeout_s: float = 1800.0) -> 
                       backend=str(td.get_backend()), created=created)
     try:
         yield ctx
+        if created and td.is_initialized() and ctx.world > 1:
+            # every rank reaches teardown before any destroys its group: a gloo rank whose peer
+            # closed first was seen to abort at exit ("terminate called without an active exception")
+            td.barrier()
     finally:
         if created and td.is_initialized():
             td.destroy_process_group()
