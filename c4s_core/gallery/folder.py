@@ -427,7 +427,8 @@ class GalleryIndex(GalleryStore):
         if codes is not None:
             return codes
         emb = self.embeddings  # verified before anything is derived from it
-        key = str(self.info.get("embeddings_sha256", ""))[:16] if self._committed() else ""
+        # only the committed generation's codes are written: pending add/remove rows have no sha yet
+        key = "" if self._dirty else str(self.info.get("embeddings_sha256", ""))[:16]
         if key:
             for p in sorted(self.folder.glob(f"int8-{key}-*.npz")):
                 try:
@@ -450,10 +451,6 @@ class GalleryIndex(GalleryStore):
                     atomic_write_bytes(self.folder / f"int8-{key}-{ig.sha256_hex(data)[:16]}.npz", data)
         self._cache["int8"] = codes
         return codes
-
-    def _committed(self) -> bool:
-        """Whether the rows in memory are the committed generation's (no pending add/remove)."""
-        return not self._dirty
 
     def search(self, queries: np.ndarray, top_k: int = 10, chunk_size: int = 65536,
                backend: Backend = "exact", faiss_factory: str = "Flat", faiss_nprobe: int = 16,
