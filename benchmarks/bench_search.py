@@ -210,7 +210,9 @@ def main() -> None:
                 res += bench(n, a.dim, backends, Path(tmp), a.reps, a.hnsw_max)
     import resource
 
-    print(json.dumps({"bench": "search", "threads": a.threads, "cpu": platform.processor() or platform.machine(),
+    from c4s_core.gallery import kernel
+
+    print(json.dumps({"bench": "search", "threads": a.threads, "int8_kernel": kernel.available(), "cpu": platform.processor() or platform.machine(),
                       "goal": "int8 single query <= 0.33x exact and < 50 ms at 1M x 512",
                       "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       "load_avg_1m": round(os.getloadavg()[0], 2), "open": opens, "results": res}, indent=2))

@@ -8,9 +8,11 @@ Every backend returns ``(scores, rows)``, each ``[Q, k]``, sorted by score
   Memory-bound: one query reads every gallery byte.
 - ``int8``: exact-equivalent at a quarter of the bytes. Each row is stored
   once more as int8 codes with a per-row bfloat16 scale (built on first use,
-  kept per opened index); a query scores the codes (torch's weight-only int8
-  matrix product), keeps the best ``candidates`` rows, re-scores them in
-  float32 and returns the best ``k``. The result is *proven* equal to exact:
+  kept per opened index); a query scores the codes and keeps the best
+  ``candidates`` rows in one pass (the compiled kernel of
+  :mod:`.kernel`, int16 query codes, exact int32 sums; without it torch's
+  weight-only int8 product and a top-k), re-scores them in float32 and
+  returns the best ``k``. The result is *proven* equal to exact:
   with ``E`` an upper bound of the quantised score's error over all rows
   (per-row residual norms, bfloat16 rounding of query and output), no
   non-candidate can beat the ``k``-th re-scored row when that row's exact
@@ -103,6 +105,7 @@ class Int8Codes:
     residual_max: float  # max over rows of ||row - scale * codes||
     norm_max: float  # max over rows of ||scale * codes||
     stats: dict[str, int] = field(default_factory=lambda: {"queries": 0, "widened": 0, "exact_fallback": 0})
+    _scales_f32: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, embeddings: np.ndarray, chunk_size: int = 1 << 18) -> Int8Codes:
@@ -151,48 +154,67 @@ class Int8Codes:
         return cls(torch.from_numpy(codes), torch.from_numpy(scales).view(torch.bfloat16), float(bound[0]),
                    float(bound[1]))
 
-    def scores(self, q: np.ndarray) -> tuple[Any, np.ndarray]:
-        """Quantised scores ``[Q, n]`` (torch bfloat16) and each query's error bound ``E`` ``[Q]``."""
+    def scales_f32(self) -> np.ndarray:
+        if self._scales_f32 is None:
+            self._scales_f32 = self.scales.float().numpy()
+        return self._scales_f32
+
+    def candidates(self, q: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each query's best ``m`` rows by quantised score: ``(approx [Q, m] float32, rows
+        [Q, m] int64)``, sorted (desc), and each query's error bound ``E`` ``[Q]``:
+        ``|q . row - approx| <= E`` for every row."""
+        from . import kernel
+
+        n, d = self.codes.shape
+        qn = np.linalg.norm(q, axis=1)
+        if kernel.available():
+            q16, qs = kernel.query_codes(q, d)
+            s, rows = kernel.topm(self.codes.numpy(), self.scales_f32(), q16, m)
+            qh = q16 * qs[:, None]
+            qh_n = np.linalg.norm(qh, axis=1)
+            # |q.x - approx| <= |q.(x - xh)| + |(q - qh).xh| + float32 rounding of the int32 sum, the row
+            # scale and the query scale (the sum itself is exact)
+            bound = qn * self.residual_max + np.linalg.norm(q - qh, axis=1) * self.norm_max \
+                + 4 * 2.0 ** -24 * qh_n * self.norm_max + 1e-7
+            return (s * qs[:, None]).astype(np.float32), rows, bound
         torch = _torch()
         qb = torch.from_numpy(np.ascontiguousarray(q)).to(torch.bfloat16)
         with torch.inference_mode():
             approx = torch._weight_int8pack_mm(qb, self.codes, self.scales)  # bfloat16: no float copy of [Q, n]
-        qn = np.linalg.norm(q, axis=1)
+            a, rows = torch.topk(approx, min(m, n), dim=1)
         q_err = np.linalg.norm(q - qb.float().numpy(), axis=1)
         qb_n = np.linalg.norm(qb.float().numpy(), axis=1)
         # |q.x - approx| <= |q.(x - xh)| + |(q - qb).xh| + bfloat16 rounding of the output (2^-9 relative,
         # doubled) + float32 accumulation (at most d roundings, each relative to |qb||xh|: gamma_d)
-        d = q.shape[1]
         bound = (qn * self.residual_max + q_err * self.norm_max + 2.0 ** -8 * qb_n * self.norm_max
                  + (d + 2) * 2.0 ** -24 * qb_n * self.norm_max + 1e-7)
-        return approx, bound
+        return a.float().numpy(), rows.numpy().astype(np.int64), bound
 
 
 def int8_search(embeddings: np.ndarray, codes: Int8Codes, queries: np.ndarray, k: int, candidates: int = 256,
                 query_block: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` (as :func:`exact_search`) from int8 candidates re-scored in float32."""
-    torch = _torch()
     q = np.asarray(queries, np.float32)
     n = len(embeddings)
     k = min(k, n)
+    m0 = min(n, max(int(candidates), 2 * k))
     out_s = np.empty((len(q), k), np.float32)
     out_r = np.empty((len(q), k), np.int64)
     for b0 in range(0, len(q), query_block):
         qb = q[b0:b0 + query_block]
-        approx, bound = codes.scores(qb)
+        approx, rows, bound = codes.candidates(qb, m0)
         codes.stats["queries"] += len(qb)
         for j in range(len(qb)):
-            m = min(n, max(int(candidates), 2 * k))
+            a, cand, m = approx[j], rows[j:j + 1], m0
             while True:
-                a, rows = torch.topk(approx[j], m)
-                rows = rows.numpy().astype(np.int64)[None]
-                s = _rescore(embeddings, qb[j:j + 1], rows)
-                s, r = sorted_rows(s, rows)
-                proven = m >= n or float(s[0, k - 1]) > float(a[-1]) + float(bound[j])
-                if proven or m >= 8 * max(int(candidates), 2 * k):
+                s, r = sorted_rows(_rescore(embeddings, qb[j:j + 1], cand), cand)
+                proven = m >= n or float(s[0, k - 1]) > float(a[m - 1]) + float(bound[j])
+                if proven or m >= 8 * m0:
                     break
                 codes.stats["widened"] += 1
                 m = min(n, 8 * m)
+                a, wide, _ = codes.candidates(qb[j:j + 1], m)
+                a, cand = a[0], wide
             if not proven:  # the bound could not rule out every other row: search this query exactly
                 codes.stats["exact_fallback"] += 1
                 s, r = exact_search(embeddings, qb[j:j + 1], k)
