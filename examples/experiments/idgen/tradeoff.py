@@ -29,7 +29,7 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ax.axvspan(0.8, 1.05, ymin=0.65 / 1.05, color="tab:green", alpha=0.12, label="goal")
-    for n, item in enumerate(a.sets):
+    for item in a.sets:
         path, _, label = item.partition("=")
         d = Path(path)
         rep = json.loads((d / "report" / "report.json").read_text())
@@ -38,10 +38,9 @@ def main() -> None:
             raise SystemExit(f"{d}/report/report.json has no judge block; run judge.sh on it first")
         style = (j.get("style") or {}).get("accuracy")
         y = 0.02 if style is None else style  # no artist style (procedural): on the floor, marked x
-        ax.scatter([j["rank1_ratio"]], [y], s=40, marker="x" if style is None else "o")
-        ax.annotate((label or d.name) + (" (no artist style)" if style is None else ""), (j["rank1_ratio"], y),
-                    fontsize=7, xytext=(-4 if j["rank1_ratio"] > 0.75 else 4, 3 if n % 2 else -9),
-                    textcoords="offset points", ha="right" if j["rank1_ratio"] > 0.75 else "left")
+        # a legend, not annotations: nearby points' labels overlapped
+        ax.scatter([j["rank1_ratio"]], [y], s=40, marker="x" if style is None else "o",
+                   label=(label or d.name) + (" (no artist style)" if style is None else ""))
         if a.json:
             a.json.mkdir(parents=True, exist_ok=True)
             keep = {k: rep.get(k) for k in ("sketches", "identities", "styles", "samplers")}
@@ -51,7 +50,7 @@ def main() -> None:
     ax.set_xlabel("judge rank-1, generated / real sketches")
     ax.set_ylabel("style accuracy (4 artist styles)")
     ax.set_title("Identity against style")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
     fig.tight_layout()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.out, dpi=120)
