@@ -132,6 +132,13 @@ def test_intervals_and_paired_differences(finished):
     same = rp._differences(["real"], ["hog"], {"real": recs, "hog": recs}, 500, 0)["real"]["hog"]["aligned"]
     assert (same["difference"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
     assert rp._interval_verdict(same) == "ties with"
+    # an experiment copied elsewhere and resumed: its new arms' probes lie under another root
+    at = lambda root: {"aligned": [{**r, "path": f"{root}/01-data/{r['probe']}/sketch_{r['i']}.png"}  # noqa: E731
+                                   for r in recs["aligned"]]}
+    d = rp._differences(["real"], ["hog"], {"real": at("/copy"), "hog": at("/original")}, 500, 0)["real"]["hog"]
+    assert d["aligned"] is not None and d["aligned"]["matched_probes"] == 8 and d["aligned"]["difference"] == 0.0
+    other = {"aligned": [{**r, "path": f"/copy/01-data/{r['probe']}/other.png"} for r in recs["aligned"]]}
+    assert rp._differences(["real"], ["hog"], {"real": other, "hog": at("/original")}, 500, 0)["real"]["hog"]["aligned"] is None
 
 
 def test_point_verdicts_without_bootstrap(finished):

@@ -37,10 +37,15 @@ def _intervals(rep: dict[str, Any]) -> dict[str, list[float] | None]:
 
 
 def _paired(a: list[dict[str, Any]] | None, b: list[dict[str, Any]] | None) -> tuple[list, list, list] | None:
-    """(ranks a, ranks b, probe identities) of the probes both per-probe lists hold, in a's order."""
+    """(ranks a, ranks b, probe identities) of the probes both per-probe lists hold, in a's order.
+
+    A probe is its index, identity and the last two parts of its path (identity
+    folder, file): an experiment copied to another folder and resumed (the
+    documented way to rerun some arms) evaluates its new arms on the same
+    images under another absolute path."""
     if not a or not b:
         return None
-    key = lambda r: (r.get("i"), r.get("probe"), r.get("path"))  # noqa: E731
+    key = lambda r: (r.get("i"), r.get("probe"), Path(r.get("path") or "").parts[-2:])  # noqa: E731
     rb = {key(r): r["rank"] for r in b}
     both = [r for r in a if key(r) in rb]
     if not both:
