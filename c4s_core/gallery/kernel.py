@@ -49,8 +49,9 @@ def available() -> bool:
     return _lib() is not None
 
 
-@lru_cache(maxsize=1)
-def _pool(threads: int) -> ThreadPoolExecutor:
+@lru_cache(maxsize=2)
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per process (``pid``: a forked child must not reuse its parent's dead threads)."""
     return ThreadPoolExecutor(threads, thread_name_prefix="c4s-int8")
 
 
@@ -109,7 +110,7 @@ def topm(codes: np.ndarray, scales: np.ndarray, q16: np.ndarray, m: int, threads
     if t == 1:
         run(0)
     else:
-        list(_pool(t).map(run, range(t)))
+        list(_pool(t, os.getpid()).map(run, range(t)))
     s = top_s.transpose(1, 0, 2).reshape(nq, t * m)
     r = top_r.transpose(1, 0, 2).reshape(nq, t * m)
     order = np.lexsort((r, -s), axis=1)[:, :m]  # score desc, then row; -1 rows (-inf) sort last
