@@ -13,7 +13,8 @@ export HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 
 setup() {
   local stamp="$VENV/.c4s-installed" want
-  want=$(sha256sum pyproject.toml | cut -c1-16)
+  # the install also compiles the int8 kernel: its source and setup.py count too
+  want=$(cat pyproject.toml setup.py c4s_core/gallery/_int8.c | sha256sum | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
   echo "c4s: setting up $VENV (first run takes a few minutes)" >&2
   # torch's CUDA wheels make the venv about 7 GB; a full disk otherwise shows up
