@@ -14,7 +14,7 @@ Every backend returns ``(scores, rows)``, each ``[Q, k]``, sorted by score
   weight-only int8 product and a top-k), re-scores them in float32 and
   returns the best ``k``. The result is *proven* equal to exact:
   with ``E`` an upper bound of the quantised score's error over all rows
-  (per-row residual norms, bfloat16 rounding of query and output), no
+  (per-row residual norms, the query's quantisation, rounding of the score), no
   non-candidate can beat the ``k``-th re-scored row when that row's exact
   score exceeds the worst candidate's quantised score by more than ``E``.
   A query that fails the test is re-scored with 8x the candidates, then (if
@@ -155,6 +155,7 @@ class Int8Codes:
                    float(bound[1]))
 
     def scales_f32(self) -> np.ndarray:
+        """The row scales as float32 (the kernel's input), converted once."""
         if self._scales_f32 is None:
             self._scales_f32 = self.scales.float().numpy()
         return self._scales_f32
@@ -213,8 +214,8 @@ def int8_search(embeddings: np.ndarray, codes: Int8Codes, queries: np.ndarray, k
                     break
                 codes.stats["widened"] += 1
                 m = min(n, 8 * m)
-                a, wide, _ = codes.candidates(qb[j:j + 1], m)
-                a, cand = a[0], wide
+                wide, cand, _ = codes.candidates(qb[j:j + 1], m)
+                a = wide[0]
             if not proven:  # the bound could not rule out every other row: search this query exactly
                 codes.stats["exact_fallback"] += 1
                 s, r = exact_search(embeddings, qb[j:j + 1], k)
