@@ -341,3 +341,46 @@ def test_int8_codes_persist_beside_the_index(tmp_path, monkeypatch):
     monkeypatch.setattr(dio, "atomic_write_bytes", refuse)
     assert GalleryIndex.open(g).search(q[:1], top_k=1, backend="int8")[0][0].identity == "new"
     assert list(g.glob("int8-*.npz")) == []
+
+
+def test_int8_codes_carry_over_appends(tmp_path, monkeypatch):
+    """A reload after appends codes only the new rows, and the codes equal a full build;
+    after a removal (or with no built prior codes) everything is coded again."""
+    pytest.importorskip("torch")
+    from c4s_core.gallery.search import Int8Codes
+
+    n, m, d = 2000, 300, 40
+    emb = clustered(n + m, d, seed=11)
+    g = tmp_path / "g"
+    gi = GalleryIndex.create(g, model_hash="m", embedding_dim=d)
+    gi.add([f"id{i:05d}" for i in range(n)], emb[:n])
+    gi.save()
+    old = GalleryIndex.open(g, mmap=True)
+    unbuilt = GalleryIndex.open(g, mmap=True)
+    old.int8_codes()
+    w = GalleryIndex.open(g)
+    w.add([f"new{i:04d}" for i in range(m)], emb[n:])
+    w.save()
+    real_build = Int8Codes.build
+    built = []
+    monkeypatch.setattr(Int8Codes, "build", classmethod(lambda cls, e, **kw: built.append(len(e)) or real_build(e, **kw)))
+    new = GalleryIndex.open(g, mmap=True)
+    got = new.int8_codes(prior=old)
+    assert built == [m]  # the old rows were not coded again
+    full = real_build(np.asarray(new.embeddings))
+    assert np.array_equal(got.codes.numpy(), full.codes.numpy())
+    assert np.array_equal(got.scales.float().numpy(), full.scales.float().numpy())
+    assert (got.residual_max, got.norm_max) == (full.residual_max, full.norm_max)
+    q = emb[n - 3:n + 3] + 0.03 * unit(6, d, seed=12)
+    assert same(new.search(q, top_k=10, backend="int8"), new.search(q, top_k=10))
+
+    assert len(list(g.glob("int8-*.npz"))) == 1  # the carried codes were written for the next process
+    for p in g.glob("int8-*.npz"):
+        p.unlink()
+    assert GalleryIndex.open(g).int8_codes(prior=unbuilt) is not None and built == [m, n + m]  # prior had no codes
+    w = GalleryIndex.open(g)
+    w.remove(["id00000"])
+    w.save()
+    built.clear()
+    after = GalleryIndex.open(g).int8_codes(prior=new)  # rows shifted: no prefix to keep
+    assert built == [n + m - 1] and after.codes.shape == (n + m - 1, d)

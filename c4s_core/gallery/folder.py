@@ -416,13 +416,15 @@ class GalleryIndex(GalleryStore):
             self._cache["codes"] = cached
         return cached[1]
 
-    def int8_codes(self) -> Int8Codes:
+    def int8_codes(self, prior: GalleryIndex | None = None) -> Int8Codes:
         """The int8 codes of these rows (kept until the rows change). Built on first use and
         written beside the index as ``int8-<embeddings sha>-<file sha>.npz``, so the next
         process (``c4s serve``'s restart) reads them instead of building them again (1M x
         512: ~13 s to build, ~1 s to read and hash). A cache file whose content does not
         match its name, or that does not fit, is rebuilt; a read-only folder only skips
-        the write."""
+        the write. ``prior``: an older generation of this gallery whose codes are built
+        (``c4s serve``'s reload); if its rows are this one's first rows (only appends since),
+        its codes are kept and only the new rows are coded."""
         codes = self._cache.get("int8")
         if codes is not None:
             return codes
@@ -442,7 +444,7 @@ class GalleryIndex(GalleryStore):
                     with contextlib.suppress(OSError):
                         p.unlink()
         if codes is None:
-            codes = Int8Codes.build(emb)
+            codes = self._appended_to(prior, emb) or Int8Codes.build(emb)
             if key:
                 from ..data.io import atomic_write_bytes
 
@@ -451,6 +453,19 @@ class GalleryIndex(GalleryStore):
                     atomic_write_bytes(self.folder / f"int8-{key}-{ig.sha256_hex(data)[:16]}.npz", data)
         self._cache["int8"] = codes
         return codes
+
+    @staticmethod
+    def _appended_to(prior: GalleryIndex | None, emb: np.ndarray) -> Int8Codes | None:
+        """``prior``'s codes extended by the rows after its own, if ``prior``'s vectors are
+        exactly (bit for bit) the first rows of ``emb``; else None. Codes are a function of
+        each row alone, so these equal a full build."""
+        old = None if prior is None else prior._cache.get("int8")
+        if old is None:
+            return None
+        n0 = len(prior.rows)
+        if not 0 < n0 <= len(emb) or not np.array_equal(np.asarray(prior.embeddings), emb[:n0]):
+            return None
+        return old.extended(emb[n0:]) if n0 < len(emb) else old
 
     def search(self, queries: np.ndarray, top_k: int = 10, chunk_size: int = 65536,
                backend: Backend = "exact", faiss_factory: str = "Flat", faiss_nprobe: int = 16,

@@ -126,6 +126,15 @@ class Int8Codes:
             scales[start:start + len(x)] = s
         return cls(torch.from_numpy(codes), torch.from_numpy(scales).to(torch.bfloat16), res_max, norm_max)
 
+    def extended(self, more: np.ndarray) -> Int8Codes:
+        """These codes followed by those of the rows ``more``: what :meth:`build` gives for
+        the rows these codes were built from plus ``more`` (codes are per row; the bound's
+        terms are maxima over rows), without coding the old rows again."""
+        torch = _torch()
+        tail = Int8Codes.build(more)
+        return Int8Codes(torch.cat([self.codes, tail.codes]), torch.cat([self.scales, tail.scales]),
+                         max(self.residual_max, tail.residual_max), max(self.norm_max, tail.norm_max))
+
     @property
     def nbytes(self) -> int:
         return int(self.codes.numel() + 2 * self.scales.numel())

@@ -47,10 +47,11 @@ class LiveGallery:
         self.every_s = 1.0  # how often a request looks for a new generation
         self.reload_error: str | None = None
 
-    def _warm(self, gi) -> None:
+    def _warm(self, gi, prior=None) -> None:
         gi.verify(thumbnails=False)  # the embeddings' sha256 now, not in the first request
         if self.backend == "int8" and gi.kind == "folder" and len(gi):
-            gi.int8_codes()  # the codes are built here, not in a request
+            # built here, not in a request; after appends only the new rows are coded
+            gi.int8_codes(prior=prior if prior is not None and prior.kind == "folder" else None)
 
     def _set(self, gi) -> None:
         s = gi.summary()
@@ -79,7 +80,7 @@ class LiveGallery:
             try:
                 gi = open_store(self.uri, mmap=True)
                 gi.check_model(self.model_hash, self.model_path)
-                self._warm(gi)
+                self._warm(gi, prior=self.store)
             except C4SError as err:
                 self.reload_error = f"kept the index as opened: {err}"
                 return
