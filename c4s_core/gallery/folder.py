@@ -423,7 +423,7 @@ class GalleryIndex(GalleryStore):
         512: ~13 s to build, ~1 s to read and hash). A cache file whose content does not
         match its name, or that does not fit, is rebuilt; a read-only folder only skips
         the write. ``prior``: an older generation of this gallery whose codes are built
-        (``c4s serve``'s reload); if its rows are this one's first rows (only appends since),
+        (``c4s serve``'s reload); if its vectors are this one's first rows (only appends since),
         its codes are kept and only the new rows are coded."""
         codes = self._cache.get("int8")
         if codes is not None:
