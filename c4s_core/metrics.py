@@ -24,7 +24,8 @@ Tie rules (all pessimistic for the matcher, so a constant embedding scores 0):
   None when ``far * n_impostor < 1`` (too few impostor pairs to measure it);
 - AUC: ``P(genuine > impostor) + 0.5 * P(genuine == impostor)``.
 
-Bootstrap (:func:`bootstrap_intervals`, :func:`paired_rank_difference`): the
+Bootstrap (:func:`bootstrap_intervals`, :func:`paired_rank_difference`,
+:func:`seeded_rank_difference`): the
 unit resampled is the **probe identity**, not the image: each resample draws
 as many identities as there are, with replacement, and every probe (sketch) of
 a drawn identity comes along, as many times as the identity was drawn (a
@@ -58,6 +59,7 @@ __all__ = [
     "identification_ranks",
     "match",
     "paired_rank_difference",
+    "seeded_rank_difference",
     "pair_scores",
     "roc_auc",
     "roc_curve",
@@ -492,4 +494,74 @@ def paired_rank_difference(
     stats = (w @ diff) / (w @ count)
     lo, hi = _percentile(stats, level)
     out.update(low=lo, high=hi, resamples=int(len(w)))
+    return out
+
+
+def seeded_rank_difference(
+    ranks_a: Sequence[np.ndarray],
+    ranks_b: Sequence[np.ndarray],
+    probe_ids: Sequence[str],
+    k: int = 1,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Rank-k of arm ``a`` minus arm ``b``, each trained at several seeds and
+    evaluated on the **same** probes: ``ranks_a[s]`` are seed ``s``'s ranks, in
+    ``probe_ids`` order. The difference is of the seed means.
+
+    One trained matcher's probe bootstrap covers which people were drawn, not
+    the training's own noise, which can be as large as the effect. So the
+    interval here is a two-level bootstrap: each resample draws the probe
+    identities (shared by both arms, as in :func:`paired_rank_difference`) and,
+    independently for each arm, as many of its seeds as it has, with
+    replacement. With few seeds this is still too narrow by about
+    ``sqrt((S - 1) / S)`` in its seed part, so ``t_low``/``t_high`` also give
+    Student's t interval over the per-seed differences (seed ``s`` of ``a``
+    minus seed ``s`` of ``b``; needs equal seed counts, at least 2), which
+    treats each seed's difference as one draw and ignores nothing but the
+    probe sampling already inside it. Probes without a mate in every run are
+    dropped. Returns ``{"difference", "low", "high", "probe_low", "probe_high",
+    "t_low", "t_high", "a", "b", "per_seed", "seed_sd", "seeds_a", "seeds_b",
+    "probes", "identities", "resamples", "seed", "level", "k"}``; ``probe_*``
+    is the interval with the seeds held fixed."""
+    from scipy import stats as st
+
+    A = np.asarray([np.asarray(r, np.int64) for r in ranks_a])
+    B = np.asarray([np.asarray(r, np.int64) for r in ranks_b])
+    if A.ndim != 2 or B.ndim != 2 or A.shape[1] != len(probe_ids) or B.shape[1] != len(probe_ids):
+        raise ValueError(f"seeded ranks need [seeds, probes] on the same {len(probe_ids)} probes: {A.shape}, {B.shape}")
+    if not len(A) or not len(B):
+        raise ValueError("seeded ranks need at least one seed per arm")
+    keep = (A > 0).all(0) & (B > 0).all(0)
+    pid = [str(p) for p, m in zip(probe_ids, keep, strict=True) if m]
+    ha, hb = (A[:, keep] <= k).astype(np.float64), (B[:, keep] <= k).astype(np.float64)
+    out: dict = {"a": None, "b": None, "difference": None, "low": None, "high": None, "probe_low": None,
+                 "probe_high": None, "t_low": None, "t_high": None, "per_seed": None, "seed_sd": None,
+                 "seeds_a": len(A), "seeds_b": len(B), "probes": int(keep.sum()), "identities": len(set(pid)),
+                 "resamples": 0, "seed": int(seed), "level": level, "k": int(k)}
+    if not keep.any():
+        return out
+    ra, rb = ha.mean(1), hb.mean(1)  # rank-k per seed
+    out.update(a=float(ra.mean()), b=float(rb.mean()), difference=float(ra.mean() - rb.mean()))
+    if len(A) == len(B):
+        d = ra - rb
+        out["per_seed"] = [float(x) for x in d]
+        if len(d) >= 2:
+            sd = float(np.std(d, ddof=1))
+            half = float(st.t.ppf(0.5 + level / 2.0, len(d) - 1)) * sd / np.sqrt(len(d))
+            out.update(seed_sd=sd, t_low=float(d.mean() - half), t_high=float(d.mean() + half))
+    codes, w = bootstrap_weights(pid, resamples, seed)
+    if not len(w):
+        return out
+    n = w.shape[1]
+    count = w @ np.bincount(codes, minlength=n).astype(np.float64)
+    # [resamples, seeds]: each seed's rank-k on each resample's people
+    rate_a = np.stack([w @ np.bincount(codes, weights=h, minlength=n) for h in ha], 1) / count[:, None]
+    rate_b = np.stack([w @ np.bincount(codes, weights=h, minlength=n) for h in hb], 1) / count[:, None]
+    lo, hi = _percentile(rate_a.mean(1) - rate_b.mean(1), level)
+    rng = np.random.default_rng([0x5EED, int(seed)])
+    pick = lambda r: np.take_along_axis(r, rng.integers(0, r.shape[1], r.shape), 1).mean(1)  # noqa: E731
+    both = _percentile(pick(rate_a) - pick(rate_b), level)
+    out.update(low=both[0], high=both[1], probe_low=lo, probe_high=hi, resamples=int(len(w)))
     return out

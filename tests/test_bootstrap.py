@@ -116,3 +116,46 @@ def test_paired_difference_sees_what_separate_intervals_miss():
         metrics.paired_rank_difference(a, b[:-1], pid)
     off = metrics.paired_rank_difference(b, a, pid, resamples=0)
     assert off["difference"] == pytest.approx(6 / n) and off["low"] is None
+
+
+def test_seeded_difference_of_identical_runs_is_exactly_zero():
+    res, pid = embeddings(40, 2, noise=1.5)
+    runs = [res.ranks, res.ranks.copy(), res.ranks.copy()]
+    d = metrics.seeded_rank_difference(runs, [r.copy() for r in runs], pid, resamples=300)
+    assert (d["difference"], d["low"], d["high"], d["probe_low"], d["probe_high"]) == (0.0,) * 5
+    assert (d["t_low"], d["t_high"], d["seed_sd"]) == (0.0, 0.0, 0.0) and d["per_seed"] == [0.0] * 3
+    assert d["seeds_a"] == d["seeds_b"] == 3 and d["probes"] == 80 and d["identities"] == 40
+
+
+def test_seeded_difference_counts_the_training_noise_one_run_hides():
+    """a finds everyone at seed 0 and no one at seed 1; b finds the same half of
+    the people at both. With the seeds held fixed a's mean is 0.5 in every
+    resample, so the probe interval only moves with b (about +-0.07 at 200
+    people); drawing a's seeds gives 1.0, 0.5 or 0.0 for a with chances 1/4,
+    1/2, 1/4, so the two-level interval spans about -0.5 to +0.5."""
+    n = 200
+    pid = [f"p{k}" for k in range(n)]
+    hit, miss = np.ones(n, np.int64), np.full(n, 5, np.int64)
+    half = np.where(np.arange(n) % 2 == 0, 1, 5)
+    d = metrics.seeded_rank_difference([hit, miss], [half, half.copy()], pid, resamples=2000, seed=0)
+    assert d["difference"] == 0.0 and d["a"] == 0.5 and d["b"] == 0.5
+    assert -0.15 < d["probe_low"] < 0 < d["probe_high"] < 0.15
+    assert d["low"] <= -0.45 and d["high"] >= 0.45
+    # t over the per-seed differences [+0.5, -0.5]: sd sqrt(0.5), t(0.975, df 1) = 12.706
+    assert d["per_seed"] == [0.5, -0.5]
+    assert d["t_high"] == pytest.approx(12.7062 * np.sqrt(0.5) / np.sqrt(2), rel=1e-4) and d["t_low"] == -d["t_high"]
+
+
+def test_seeded_difference_decides_a_clear_gain_and_checks_shapes():
+    rng = np.random.default_rng(2)
+    n = 150
+    pid = [f"p{k}" for k in range(n)]
+    base = [np.where(rng.random(n) < 0.4, 1, 4) for _ in range(3)]
+    better = [np.where(rng.random(n) < 0.8, 1, 4) for _ in range(3)]
+    d = metrics.seeded_rank_difference(better, base, pid, resamples=1000)
+    assert d["low"] > 0.2 and d["t_low"] > 0.2 and d["difference"] == pytest.approx(
+        np.mean([np.mean(x == 1) for x in better]) - np.mean([np.mean(x == 1) for x in base]))
+    with pytest.raises(ValueError, match="same 150 probes"):
+        metrics.seeded_rank_difference([b[:-1] for b in better], base, pid)
+    one = metrics.seeded_rank_difference(better[:1], base[:2], pid, resamples=0)  # unequal seeds: no t, no per-seed
+    assert one["per_seed"] is None and one["t_low"] is None and one["low"] is None and one["seeds_b"] == 2

@@ -21,6 +21,7 @@ PIPELINES: dict[str, str] = {
     "generate": "c4s_core.pipelines.generate",
     "report-dataset": "c4s_core.pipelines.report_dataset",
     "experiment": "c4s_core.pipelines.experiment",
+    "seeds": "c4s_core.pipelines.seeds",
 }
 
 
