@@ -522,7 +522,7 @@ def seeded_rank_difference(
     treats each seed's difference as one draw and ignores nothing but the
     probe sampling already inside it. Probes without a mate in every run are
     dropped. Returns ``{"difference", "low", "high", "probe_low", "probe_high",
-    "t_low", "t_high", "a", "b", "per_seed", "seed_sd", "seeds_a", "seeds_b",
+    "t_low", "t_high", "a", "b", "a_per_seed", "b_per_seed", "per_seed", "seed_sd", "seeds_a", "seeds_b",
     "probes", "identities", "resamples", "seed", "level", "k"}``; ``probe_*``
     is the interval with the seeds held fixed."""
     from scipy import stats as st
@@ -537,13 +537,14 @@ def seeded_rank_difference(
     pid = [str(p) for p, m in zip(probe_ids, keep, strict=True) if m]
     ha, hb = (A[:, keep] <= k).astype(np.float64), (B[:, keep] <= k).astype(np.float64)
     out: dict = {"a": None, "b": None, "difference": None, "low": None, "high": None, "probe_low": None,
-                 "probe_high": None, "t_low": None, "t_high": None, "per_seed": None, "seed_sd": None,
+                 "probe_high": None, "t_low": None, "t_high": None, "a_per_seed": None, "b_per_seed": None, "per_seed": None, "seed_sd": None,
                  "seeds_a": len(A), "seeds_b": len(B), "probes": int(keep.sum()), "identities": len(set(pid)),
                  "resamples": 0, "seed": int(seed), "level": level, "k": int(k)}
     if not keep.any():
         return out
     ra, rb = ha.mean(1), hb.mean(1)  # rank-k per seed
-    out.update(a=float(ra.mean()), b=float(rb.mean()), difference=float(ra.mean() - rb.mean()))
+    out.update(a=float(ra.mean()), b=float(rb.mean()), difference=float(ra.mean() - rb.mean()),
+               a_per_seed=[float(x) for x in ra], b_per_seed=[float(x) for x in rb])
     if len(A) == len(B):
         d = ra - rb
         out["per_seed"] = [float(x) for x in d]

@@ -490,3 +490,31 @@ def test_a_generator_trained_outside_is_used_and_checked(finished, tmp_path):
         ex._trained_generator(tmp_path, "diffusion", res2["data"]["test"])
     with pytest.raises(ValueError, match="needs strength < 1"):
         tiny(tmp_path / "x", start_style="pencil")
+
+
+def test_seeds_pool_copies_made_with_matcher_seed(finished, tmp_path):
+    """`c4s seeds` reads real experiment folders: a copy at matcher seed 3 (real and
+    procedural retrained), pooled with the original; the per-seed figures are each run's own."""
+    import shutil
+
+    import numpy as np
+
+    from c4s_core.pipelines import seeds
+
+    cfg, res = finished
+    copy = tmp_path / "seed3"
+    pat = r"0[45]-(matcher|evaluate)-(real|procedural)"
+    shutil.copytree(res["out"], copy, ignore=lambda d, names: [n for n in names if re.match(pat, n)])
+    c2 = cfg.model_copy(update={"out": copy, "resume": True, "arms": ["real", "procedural"],
+                                "matcher": cfg.matcher.model_copy(update={"seed": 3})})
+    res2 = ex.run(c2, progress=False)
+    pooled = seeds.run(seeds.Config(runs=[res["out"], copy], out=tmp_path / "pooled", resamples=200))
+    assert pooled["seeds"] == [0, 3]
+    got = json.loads((tmp_path / "pooled" / "results.json").read_text())["differences"]["procedural"]
+    for p in res["probes"]:
+        d = got[p]
+        assert d["rank1_b"] == pytest.approx([res["metrics"]["real"][p]["rank-1"], res2["metrics"]["real"][p]["rank-1"]])
+        assert d["rank1_a"] == pytest.approx([res["metrics"]["procedural"][p]["rank-1"],
+                                              res2["metrics"]["procedural"][p]["rank-1"]])
+        assert d["difference"] == pytest.approx(np.mean(d["rank1_a"]) - np.mean(d["rank1_b"]))
+        assert d["low"] <= d["difference"] <= d["high"]

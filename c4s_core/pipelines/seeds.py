@@ -125,8 +125,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             ids = [loaded[runs[0]][arm][p][k][0] for k in keys]
             ra, rb = ([np.array([loaded[r][a][p][k][1] for k in keys]) for r in runs] for a in (arm, config.baseline))
             d = seeded_rank_difference(ra, rb, ids, 1, config.resamples, config.bootstrap_seed, config.level)
-            d["rank1_a"] = [float(np.mean(x == 1)) for x in ra]
-            d["rank1_b"] = [float(np.mean(x == 1)) for x in rb]
+            d["rank1_a"], d["rank1_b"] = d["a_per_seed"], d["b_per_seed"]  # rank-1 of each seed
             table.setdefault(arm, {})[p] = d
     results = {"runs": [str(r) for r in runs], "seeds": [seeds[r] for r in runs], "baseline": config.baseline,
                "arms": arms, "protocols": protocols, "differences": table,
