@@ -518,3 +518,29 @@ def test_seeds_pool_copies_made_with_matcher_seed(finished, tmp_path):
                                               res2["metrics"]["procedural"][p]["rank-1"]])
         assert d["difference"] == pytest.approx(np.mean(d["rank1_a"]) - np.mean(d["rank1_b"]))
         assert d["low"] <= d["difference"] <= d["high"]
+
+
+def test_real_identities_trains_every_matcher_on_few_real_people(finished, tmp_path):
+    """matcher.real_identities on a copy: the same test split and generated set, the
+    matchers see only 3 real people (the same 3 for every arm), HOG is not rerun."""
+    import shutil
+
+    from c4s_core.data.manifest import read_manifest
+
+    cfg, res = finished
+    copy = tmp_path / "few"
+    shutil.copytree(res["out"], copy, ignore=lambda d, names: [n for n in names if re.match(r"0[45]-(matcher|evaluate)-(real|procedural)", n)])
+    c2 = cfg.model_copy(update={"out": copy, "resume": True, "arms": ["real", "procedural"],
+                                "matcher": cfg.matcher.model_copy(update={"real_identities": 3})})
+    res2 = ex.run(c2, progress=False)
+    kept = read_manifest(copy / "01-data" / "matcher-train-3.jsonl")
+    people = {r["identity"] for r in kept}
+    assert len(people) == 3 and all(p.startswith("tr") for p in people)  # train's prefix
+    assert res2["data"]["real_subset"] == {"identities": 3, "of": res["data"]["identities"]["train"], "images": len(kept)}
+    assert res2["matchers"]["real"]["classes"] == 3
+    assert f"train on only 3 of the {res['data']['identities']['train']} real training people" in (copy / "report.md").read_text()
+    assert res2["matchers"]["procedural"]["classes"] == 3 + res["data"]["identities"]["new_identities"]
+    assert res2["data"]["identities"]["test"] == res["data"]["identities"]["test"]
+    assert "05-evaluate-hog-aligned" in res2["skipped_stages"] and "04-matcher-real" not in res2["skipped_stages"]
+    with pytest.raises(DataError, match="real_identities=99: the matchers' training split has only"):
+        ex.run(c2.model_copy(update={"matcher": cfg.matcher.model_copy(update={"real_identities": 99})}), progress=False)

@@ -97,6 +97,7 @@ from .experiment_stages import (
     _generate_config,
     _generator_config,
     _matcher_config,
+    _real_subset,
     _stage_hash,
     _trained_generator,
     _validation_split,
@@ -154,6 +155,10 @@ class MatcherSettings(C4SModel):
         "mix", description="How a synthetic arm uses its set: mix: one training on real + synthetic (real_share); "
         "pretrain: train on the synthetic set alone (stage 04-matcher-ARM-pretrain, same epochs and images per "
         "epoch), then fine-tune that matcher on the real data alone with real-only's budget.")
+    real_identities: int | None = Field(
+        None, ge=2, description="Train every matcher on only this many of the real training people (seeded pick, "
+        "after validation is carved out): the few-real-sketches regime. The test split, generators and generated "
+        "sets are unchanged (a generator trained on the whole training split still saw the others); none: all.")
     val_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="Share of the real training identities (never test) held out to pick each "
         "arm's best epoch by validation rank-1 (train-matcher's best/), which is then evaluated; 0: no validation, "
@@ -443,7 +448,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     if cfg.prealign is not None:
         total += sum(x is not None for x in (cfg.train, cfg.test, cfg.distractors)) + any(a != "real" for a in cfg.arms)
         cfg = _prealign(cfg, data_dir, stage)
-    data = _validation_split(cfg, _prepare_data(cfg, data_dir, say), data_dir, say)
+    data = _real_subset(cfg, _validation_split(cfg, _prepare_data(cfg, data_dir, say), data_dir, say), data_dir, say)
     write_json(data_dir / "data.json", data)
 
     # 2. generators, 3. generated sets

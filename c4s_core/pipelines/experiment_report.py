@@ -205,6 +205,8 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
          + (f" (held out from train, test_fraction={cfg.test_fraction})" if data["split"] else "")
          + (f", plus {data['identities'].get('distractors')} distractor identities" if cfg.distractors else "")
          + (f"; new identities drawn: {data['identities'].get('new_identities')}" if "new_identities" in data["identities"] else "")
+         + (f". The matchers train on only {data['real_subset']['identities']} of the {data['real_subset']['of']} real "
+            f"training people ({data['real_subset']['images']} images; matcher.real_identities)" if data.get("real_subset") else "")
          + f". Budget: {budget['images_per_epoch']} images per epoch x {cfg.matcher.epochs} epochs = "
          f"{budget['steps']} optimizer steps per arm (batch {cfg.matcher.batch_size})."
          + (" All images grey." if ev.grayscale else "")

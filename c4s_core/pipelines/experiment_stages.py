@@ -211,3 +211,33 @@ def _validation_split(cfg: Config, data: dict[str, Any], folder: Path, say) -> d
                            "matcher_train_identities": len(fit_ids)},
             "identities": {**data["identities"], "val": len(val_ids)}}
 
+
+
+def _real_subset(cfg: Config, data: dict[str, Any], folder: Path, say) -> dict[str, Any]:
+    """Keep ``matcher.real_identities`` of the matchers' real training people (with
+    a photo and a sketch; seeded by the experiment's seed, so every arm and every
+    matcher seed gets the same people): ``folder/matcher-train-N.jsonl``. Nothing
+    else changes; without the option ``data`` is returned as is."""
+    import numpy as np
+
+    from ..errors import DataError
+    from ..plugins import get_registries
+    from .experiment_data import _identities, _materialize
+
+    n = cfg.matcher.real_identities
+    if n is None:
+        return data
+    ds = get_registries().dataset.build(ComponentSpec.model_validate(data["matcher_train"]))
+    both = sorted(_identities(ds, "photo") & _identities(ds, "sketch"))
+    if n > len(both):
+        raise DataError(f"matcher.real_identities={n}: the matchers' training split has only {len(both)} people "
+                        "with a photo and a sketch; lower it")
+    rng = np.random.default_rng([cfg.seed, 0x5CA4CE])
+    kept = set(rng.permutation(np.array(both, dtype=object))[:n].tolist())
+    name = f"matcher-train-{n}"
+    images = _materialize(ds, kept, folder / name, folder / f"{name}.jsonl")
+    say(f"the matchers train on {n} of the {len(both)} real training people ({images} images)")
+    spec = ComponentSpec(name="manifest", options={"path": str((folder / f"{name}.jsonl").resolve())}).model_dump()
+    return {**data, "matcher_train": spec, "matcher_train_images": images,
+            "real_subset": {"identities": n, "of": len(both), "images": images},
+            "identities": {**data["identities"], "matcher_train": n}}
