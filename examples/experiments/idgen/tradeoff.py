@@ -50,7 +50,7 @@ def main() -> None:
     ax.set_xlabel("judge rank-1, generated / real sketches")
     ax.set_ylabel("style accuracy (4 artist styles)")
     ax.set_title("Identity against style")
-    ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
+    ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
     fig.tight_layout()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.out, dpi=120)
