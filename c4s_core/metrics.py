@@ -505,6 +505,7 @@ def seeded_rank_difference(
     resamples: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    paired_seeds: bool = True,
 ) -> dict:
     """Rank-k of arm ``a`` minus arm ``b``, each trained at several seeds and
     evaluated on the **same** probes: ``ranks_a[s]`` are seed ``s``'s ranks, in
@@ -513,9 +514,13 @@ def seeded_rank_difference(
     One trained matcher's probe bootstrap covers which people were drawn, not
     the training's own noise, which can be as large as the effect. So the
     interval here is a two-level bootstrap: each resample draws the probe
-    identities (shared by both arms, as in :func:`paired_rank_difference`) and,
-    independently for each arm, as many of its seeds as it has, with
-    replacement. With few seeds this is still too narrow by about
+    identities (shared by both arms, as in :func:`paired_rank_difference`) and
+    as many seeds as there are, with replacement. With equal seed counts the
+    seeds are drawn as pairs (``a``'s seed ``s`` with ``b``'s seed ``s``):
+    valid whether or not the two share anything, and tighter where they do
+    (a matcher seed fixes the real data's batch order and augmentation in
+    every arm); ``paired_seeds=False`` draws each arm's seeds on their own,
+    as it must when the counts differ. With few seeds this is still too narrow by about
     ``sqrt((S - 1) / S)`` in its seed part, so ``t_low``/``t_high`` also give
     Student's t interval over the per-seed differences (seed ``s`` of ``a``
     minus seed ``s`` of ``b``; needs equal seed counts, at least 2), which
@@ -523,8 +528,8 @@ def seeded_rank_difference(
     probe sampling already inside it. Probes without a mate in every run are
     dropped. Returns ``{"difference", "low", "high", "probe_low", "probe_high",
     "t_low", "t_high", "a", "b", "a_per_seed", "b_per_seed", "per_seed", "seed_sd", "seeds_a", "seeds_b",
-    "probes", "identities", "resamples", "seed", "level", "k"}``; ``probe_*``
-    is the interval with the seeds held fixed."""
+    "probes", "identities", "resamples", "seed", "level", "k", "paired_seeds"}``;
+    ``probe_*`` is the interval with the seeds held fixed."""
     from scipy import stats as st
 
     A = np.asarray([np.asarray(r, np.int64) for r in ranks_a])
@@ -539,7 +544,8 @@ def seeded_rank_difference(
     out: dict = {"a": None, "b": None, "difference": None, "low": None, "high": None, "probe_low": None,
                  "probe_high": None, "t_low": None, "t_high": None, "a_per_seed": None, "b_per_seed": None, "per_seed": None, "seed_sd": None,
                  "seeds_a": len(A), "seeds_b": len(B), "probes": int(keep.sum()), "identities": len(set(pid)),
-                 "resamples": 0, "seed": int(seed), "level": level, "k": int(k)}
+                 "resamples": 0, "seed": int(seed), "level": level, "k": int(k),
+                 "paired_seeds": bool(paired_seeds and len(A) == len(B))}
     if not keep.any():
         return out
     ra, rb = ha.mean(1), hb.mean(1)  # rank-k per seed
@@ -562,7 +568,9 @@ def seeded_rank_difference(
     rate_b = np.stack([w @ np.bincount(codes, weights=h, minlength=n) for h in hb], 1) / count[:, None]
     lo, hi = _percentile(rate_a.mean(1) - rate_b.mean(1), level)
     rng = np.random.default_rng([0x5EED, int(seed)])
-    pick = lambda r: np.take_along_axis(r, rng.integers(0, r.shape[1], r.shape), 1).mean(1)  # noqa: E731
-    both = _percentile(pick(rate_a) - pick(rate_b), level)
+    draw = lambda r: rng.integers(0, r.shape[1], r.shape)  # noqa: E731
+    ia = draw(rate_a)
+    ib = ia if out["paired_seeds"] else draw(rate_b)
+    both = _percentile(np.take_along_axis(rate_a, ia, 1).mean(1) - np.take_along_axis(rate_b, ib, 1).mean(1), level)
     out.update(low=both[0], high=both[1], probe_low=lo, probe_high=hi, resamples=int(len(w)))
     return out

@@ -159,3 +159,27 @@ def test_seeded_difference_decides_a_clear_gain_and_checks_shapes():
         metrics.seeded_rank_difference([b[:-1] for b in better], base, pid)
     one = metrics.seeded_rank_difference(better[:1], base[:2], pid, resamples=0)  # unequal seeds: no t, no per-seed
     assert one["per_seed"] is None and one["t_low"] is None and one["low"] is None and one["seeds_b"] == 2
+
+
+def test_seeded_difference_pairs_seeds_that_share_their_noise():
+    """Seed s moves both arms alike (real-only's rank-1 0.2, 0.5, 0.8 by seed) and
+    a finds 10 more people than b at every seed. Drawn as pairs, the seed noise
+    cancels and the gain is decided (low > 0: a resample misses all 10 people
+    with chance about e^-10); drawn on their own, the arms' seed spread (+-0.3)
+    swamps a gain of 0.05."""
+    n = 200
+    pid = [f"p{k}" for k in range(n)]
+    order = np.random.default_rng(3).permutation(n)
+    b = [np.where(np.isin(np.arange(n), order[: int(r * n)]), 1, 4) for r in (0.2, 0.5, 0.8)]
+    a = []
+    for x in b:
+        y = x.copy()
+        y[np.flatnonzero(x > 1)[:10]] = 1
+        a.append(y)
+    paired = metrics.seeded_rank_difference(a, b, pid, resamples=2000)
+    alone = metrics.seeded_rank_difference(a, b, pid, resamples=2000, paired_seeds=False)
+    assert paired["paired_seeds"] and not alone["paired_seeds"]
+    assert paired["difference"] == alone["difference"] == pytest.approx(10 / n)
+    assert 0 < paired["low"] <= 10 / n <= paired["high"]
+    assert alone["low"] < -0.1 and alone["high"] > 0.1
+    assert paired["seed_sd"] == pytest.approx(0, abs=1e-12)  # every seed's difference is 10 / n

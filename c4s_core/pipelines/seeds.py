@@ -1,6 +1,6 @@
 """Pool finished experiments that differ only in the matchers' seed: each arm's
 rank-1 per seed, the difference of seed means from real-only with a two-level
-bootstrap interval (probe identities and seeds, metrics.seeded_rank_difference)
+bootstrap interval (probe identities and seed pairs, metrics.seeded_rank_difference)
 and Student's t interval over the per-seed differences.
 
 One experiment's intervals cover which people were drawn, not the training's
@@ -156,8 +156,10 @@ def _report(results: dict[str, Any], config: Config) -> str:
     L = [f"# Seeds pooled: {', '.join(results['arms'])} against {b}", "",
          f"Runs (matcher seed): {', '.join(f'`{r}` ({s})' for r, s in zip(results['runs'], results['seeds'], strict=True))}.", "",
          f"Rank-1 per seed, and the difference of seed means from {b}. Brackets: {pct} % intervals. "
-         f"*both*: two-level bootstrap ({config.resamples} resamples of the probe identities, and of each arm's seeds "
-         "with replacement; the seed part is too narrow by about sqrt((S-1)/S) with S seeds). "
+         f"*both*: two-level bootstrap ({config.resamples} resamples of the probe identities, and of the seeds with "
+         "replacement, " + ("seed s of both arms drawn together: a matcher seed fixes the real data's batch order and "
+                            "augmentation in every arm" if _paired(results) else "each arm's seeds on their own")
+         + "; the seed part is too narrow by about sqrt((S-1)/S) with S seeds). "
          "*probes*: the seeds held fixed (what one experiment's bootstrap covers). "
          "*t*: Student's t over the per-seed differences (seed s minus seed s). "
          "A verdict needs the *both* interval to exclude zero.", ""]
@@ -174,6 +176,10 @@ def _report(results: dict[str, Any], config: Config) -> str:
         L.append("")
     L += ["![per-seed and pooled differences](seeds.png)", ""]
     return "\n".join(L)
+
+
+def _paired(results: dict[str, Any]) -> bool:
+    return all(d.get("paired_seeds") for by in results["differences"].values() for d in by.values())
 
 
 def _plot(results: dict[str, Any]) -> bytes:
