@@ -513,10 +513,10 @@ def test_seeds_pool_copies_made_with_matcher_seed(finished, tmp_path):
     got = json.loads((tmp_path / "pooled" / "results.json").read_text())["differences"]["procedural"]
     for p in res["probes"]:
         d = got[p]
-        assert d["rank1_b"] == pytest.approx([res["metrics"]["real"][p]["rank-1"], res2["metrics"]["real"][p]["rank-1"]])
-        assert d["rank1_a"] == pytest.approx([res["metrics"]["procedural"][p]["rank-1"],
+        assert d["b_per_seed"] == pytest.approx([res["metrics"]["real"][p]["rank-1"], res2["metrics"]["real"][p]["rank-1"]])
+        assert d["a_per_seed"] == pytest.approx([res["metrics"]["procedural"][p]["rank-1"],
                                               res2["metrics"]["procedural"][p]["rank-1"]])
-        assert d["difference"] == pytest.approx(np.mean(d["rank1_a"]) - np.mean(d["rank1_b"]))
+        assert d["difference"] == pytest.approx(np.mean(d["a_per_seed"]) - np.mean(d["b_per_seed"]))
         assert d["low"] <= d["difference"] <= d["high"]
 
 

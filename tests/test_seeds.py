@@ -36,7 +36,7 @@ def test_pools_seeds_and_decides_only_beyond_the_seed_noise(tmp_path):
     assert out["seeds"] == [0, 1, 2]
     res = json.loads((tmp_path / "pooled" / "results.json").read_text())
     d = res["differences"]["diffusion"]["forensic"]
-    assert d["rank1_b"] == pytest.approx([20 / 60, 21 / 60, 22 / 60]) and d["difference"] == pytest.approx(18 / 60)
+    assert d["b_per_seed"] == pytest.approx([20 / 60, 21 / 60, 22 / 60]) and d["difference"] == pytest.approx(18 / 60)
     assert d["per_seed"] == pytest.approx([0.3] * 3) and d["seed_sd"] == pytest.approx(0, abs=1e-12)
     assert d["low"] > 0 and res["verdicts"]["diffusion"]["forensic"] == "above"
     report = (tmp_path / "pooled" / "report.md").read_text()

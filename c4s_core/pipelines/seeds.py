@@ -124,9 +124,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             keys = sorted(keys, key=str)
             ids = [loaded[runs[0]][arm][p][k][0] for k in keys]
             ra, rb = ([np.array([loaded[r][a][p][k][1] for k in keys]) for r in runs] for a in (arm, config.baseline))
-            d = seeded_rank_difference(ra, rb, ids, 1, config.resamples, config.bootstrap_seed, config.level)
-            d["rank1_a"], d["rank1_b"] = d["a_per_seed"], d["b_per_seed"]  # rank-1 of each seed
-            table.setdefault(arm, {})[p] = d
+            table.setdefault(arm, {})[p] = seeded_rank_difference(ra, rb, ids, 1, config.resamples,
+                                                                  config.bootstrap_seed, config.level)
     results = {"runs": [str(r) for r in runs], "seeds": [seeds[r] for r in runs], "baseline": config.baseline,
                "arms": arms, "protocols": protocols, "differences": table,
                "verdicts": {a: {p: _verdict(d) for p, d in by.items()} for a, by in table.items()},
@@ -134,7 +133,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "seeds.png", _plot(results))
-    (out / "report.md").write_text(_report(results, config))
+    atomic_write_bytes(out / "report.md", _report(results, config).encode())
     write_json(out / "results.json", results)
     return {"out": str(out), "seeds": results["seeds"], "verdicts": results["verdicts"]}
 
@@ -169,7 +168,7 @@ def _report(results: dict[str, Any], config: Config) -> str:
               "|---|---|---|---|---|---|---|---|---|"]
         for p, d in by.items():
             per = lambda xs: " / ".join(f"{x:.3f}" for x in xs)  # noqa: E731
-            L.append(f"| {p} | {per(d['rank1_b'])} | {per(d['rank1_a'])} | {_f(d['difference'])} | "
+            L.append(f"| {p} | {per(d['b_per_seed'])} | {per(d['a_per_seed'])} | {_f(d['difference'])} | "
                      f"[{_f(d['low'])}, {_f(d['high'])}] | [{_f(d['probe_low'])}, {_f(d['probe_high'])}] | "
                      f"[{_f(d['t_low'])}, {_f(d['t_high'])}] | "
                      f"{'n/a' if d['seed_sd'] is None else format(d['seed_sd'], '.3f')} | {results['verdicts'][arm][p]} |")
