@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from c4s_core.errors import DataError
+from c4s_core.errors import ConfigError, DataError
 from c4s_core.pipelines import seeds
 
 
@@ -58,8 +58,8 @@ def test_one_lucky_seed_is_not_a_verdict(tmp_path):
 
 def test_refuses_what_cannot_be_pooled(tmp_path):
     a = fake_run(tmp_path / "a", 0, {"real": 20, "diffusion": 30})
-    with pytest.raises(ValueError, match="at least 2"):
-        seeds.Config(runs=[a])
+    with pytest.raises(ConfigError, match="runs needs at least 2"):
+        seeds.run(seeds.Config(runs=[a], out=tmp_path / "x"))
     with pytest.raises(ValueError, match="twice"):
         seeds.Config(runs=[a, tmp_path / "a"])
     same = fake_run(tmp_path / "same", 0, {"real": 20, "diffusion": 30})

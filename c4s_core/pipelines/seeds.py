@@ -37,8 +37,6 @@ class Config(C4SModel):
     @field_validator("runs")
     @classmethod
     def _runs(cls, v):
-        if len(v) < 2:
-            raise ValueError(f"need at least 2 experiment folders to pool seeds, got {len(v)}")
         if len({Path(p).resolve() for p in v}) < len(v):
             raise ValueError("a folder is given twice")
         return v
@@ -87,6 +85,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     from .common import write_json
 
     runs = [Path(r) for r in config.runs]
+    if len(runs) < 2:  # checked here, not in Config: `c4s config show seeds` shows the defaults
+        raise ConfigError(f"seeds: runs needs at least 2 experiment folders to pool, got {len(runs)}")
     res = {}
     for r in runs:
         try:
