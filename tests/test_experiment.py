@@ -544,3 +544,13 @@ def test_real_identities_trains_every_matcher_on_few_real_people(finished, tmp_p
     assert "05-evaluate-hog-aligned" in res2["skipped_stages"] and "04-matcher-real" not in res2["skipped_stages"]
     with pytest.raises(DataError, match="real_identities=99: the matchers' training split has only"):
         ex.run(c2.model_copy(update={"matcher": cfg.matcher.model_copy(update={"real_identities": 99})}), progress=False)
+
+
+def test_judge_table_names_the_judge_it_used():
+    """A copy that retrains real-only still reports the judge it was copied with: the table names that folder."""
+    j = {"generated": {"rank1": 0.5, "rank10": 0.8, "gap": 0.6}, "real": {"rank1": 0.8, "gap": 0.7}, "rank1_ratio": 0.625,
+         "frechet_distance": 0.2, "identities": 10, "distractors": 5, "style": None,
+         "diversity": {"generated": {"within_identity": 0.1}},
+         "judge": "/runs/first/04-matcher-real/last"}
+    text = "\n".join(rp._judge_table({"diffusion": j}))
+    assert "`/runs/first/04-matcher-real/last`" in text and "| diffusion | 0.500 | 0.800 | 0.625 |" in text

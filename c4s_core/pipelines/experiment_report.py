@@ -334,7 +334,11 @@ def _judge_table(judges: dict[str, Any]) -> list[str]:
 
     any_j = next(iter(judges.values()))
     L = ["", "## Identity fidelity of the generated sets", "",
-         f"Judge: the real-only matcher (trained on the real training split only, never on generated sketches). "
+         "Judge: a real-only matcher (trained on real sketches only, never on generated ones): "
+         + ", ".join(sorted({f"`{j['judge']}`" for j in judges.values() if j.get("judge")}) or ["this run's"])
+         + ". A copied experiment reuses the judge stage it was copied with (its config names the same folder "
+         "inside the run), so where the copy retrains real-only (another matcher seed, matcher.real_identities) "
+         "the judge is still the first one and the figures stay comparable. "
          f"Each generated sketch is ranked against its set's reference photos, each real test sketch (resized to "
          f"the generated side) against its own photos; both galleries hold {any_j['identities']} identities "
          f"+ {any_j['distractors']} distractors. Fréchet distance: judge embeddings of generated vs real test "
