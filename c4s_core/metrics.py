@@ -541,11 +541,11 @@ def seeded_rank_difference(
     keep = (A > 0).all(0) & (B > 0).all(0)
     pid = [str(p) for p, m in zip(probe_ids, keep, strict=True) if m]
     ha, hb = (A[:, keep] <= k).astype(np.float64), (B[:, keep] <= k).astype(np.float64)
-    out: dict = {"a": None, "b": None, "difference": None, "low": None, "high": None, "probe_low": None,
-                 "probe_high": None, "t_low": None, "t_high": None, "a_per_seed": None, "b_per_seed": None, "per_seed": None, "seed_sd": None,
-                 "seeds_a": len(A), "seeds_b": len(B), "probes": int(keep.sum()), "identities": len(set(pid)),
-                 "resamples": 0, "seed": int(seed), "level": level, "k": int(k),
-                 "paired_seeds": bool(paired_seeds and len(A) == len(B))}
+    out: dict = {key: None for key in ("a", "b", "difference", "low", "high", "probe_low", "probe_high", "t_low",
+                                       "t_high", "a_per_seed", "b_per_seed", "per_seed", "seed_sd")}
+    out |= {"seeds_a": len(A), "seeds_b": len(B), "probes": int(keep.sum()), "identities": len(set(pid)),
+            "resamples": 0, "seed": int(seed), "level": level, "k": int(k),
+            "paired_seeds": bool(paired_seeds and len(A) == len(B))}
     if not keep.any():
         return out
     ra, rb = ha.mean(1), hb.mean(1)  # rank-k per seed

@@ -28,7 +28,6 @@ def _hold_out_identities(ds, fraction: float, seed: int, salt: int, what: str, o
     identities, the rest of ``ds``'s identities and how many had both. A DataError
     (``what`` has too few to hold out ``option`` and still train; ``remedy``)
     when fewer than 2 would remain."""
-    import numpy as np
 
     from ..errors import DataError
 
@@ -37,9 +36,16 @@ def _hold_out_identities(ds, fraction: float, seed: int, salt: int, what: str, o
     if n > len(both) - 2:
         raise DataError(f"{what} has {len(both)} identities with a photo and a sketch: too few to hold out "
                         f"{option} and still train; {remedy}")
-    rng = np.random.default_rng([seed, salt])
-    held = set(rng.permutation(np.array(both, dtype=object))[:n].tolist())
+    held = _draw(both, n, seed, salt)
     return held, _identities(ds) - held, len(both)
+
+
+def _draw(names: list[str], n: int, seed: int, salt: int) -> set[str]:
+    """``n`` of the sorted ``names``, a seeded pick (the same seed and salt give the same people)."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, salt])
+    return set(rng.permutation(np.array(names, dtype=object))[:n].tolist())
 
 
 def _materialize(ds, keep: set[str], folder: Path, manifest: Path) -> int:

@@ -45,12 +45,16 @@ def _paired(a: list[dict[str, Any]] | None, b: list[dict[str, Any]] | None) -> t
     images under another absolute path."""
     if not a or not b:
         return None
-    key = lambda r: (r.get("i"), r.get("probe"), Path(r.get("path") or "").parts[-2:])  # noqa: E731
-    rb = {key(r): r["rank"] for r in b}
-    both = [r for r in a if key(r) in rb]
+    rb = {_probe_key(r): r["rank"] for r in b}
+    both = [r for r in a if _probe_key(r) in rb]
     if not both:
         return None
-    return [r["rank"] for r in both], [rb[key(r)] for r in both], [r["probe"] for r in both]
+    return [r["rank"] for r in both], [rb[_probe_key(r)] for r in both], [r["probe"] for r in both]
+
+
+def _probe_key(r: dict[str, Any]) -> tuple:
+    """A probe record's identity across copies of one experiment: index, identity, identity folder and file."""
+    return r.get("i"), r.get("probe"), Path(r.get("path") or "").parts[-2:]
 
 
 def _differences(arms: list[str], baselines: list[str], per_probe: dict[str, dict[str, Any]],

@@ -212,17 +212,14 @@ def _validation_split(cfg: Config, data: dict[str, Any], folder: Path, say) -> d
             "identities": {**data["identities"], "val": len(val_ids)}}
 
 
-
 def _real_subset(cfg: Config, data: dict[str, Any], folder: Path, say) -> dict[str, Any]:
     """Keep ``matcher.real_identities`` of the matchers' real training people (with
     a photo and a sketch; seeded by the experiment's seed, so every arm and every
     matcher seed gets the same people): ``folder/matcher-train-N.jsonl``. Nothing
     else changes; without the option ``data`` is returned as is."""
-    import numpy as np
-
     from ..errors import DataError
     from ..plugins import get_registries
-    from .experiment_data import _identities, _materialize
+    from .experiment_data import _draw, _identities, _materialize
 
     n = cfg.matcher.real_identities
     if n is None:
@@ -232,8 +229,7 @@ def _real_subset(cfg: Config, data: dict[str, Any], folder: Path, say) -> dict[s
     if n > len(both):
         raise DataError(f"matcher.real_identities={n}: the matchers' training split has only {len(both)} people "
                         "with a photo and a sketch; lower it")
-    rng = np.random.default_rng([cfg.seed, 0x5CA4CE])
-    kept = set(rng.permutation(np.array(both, dtype=object))[:n].tolist())
+    kept = _draw(both, n, cfg.seed, 0x5CA4CE)
     name = f"matcher-train-{n}"
     images = _materialize(ds, kept, folder / name, folder / f"{name}.jsonl")
     say(f"the matchers train on {n} of the {len(both)} real training people ({images} images)")

@@ -60,6 +60,7 @@ def _load(run: Path, arms: list[str], protocols: list[str]) -> dict[str, dict[st
     """``{arm: {protocol: {probe key: (identity, rank)}}}`` from the run's evaluations."""
     from ..errors import DataError
     from .evaluate import read_probes
+    from .experiment_report import _probe_key
 
     out: dict[str, dict[str, dict]] = {}
     for arm in arms:
@@ -68,9 +69,8 @@ def _load(run: Path, arms: list[str], protocols: list[str]) -> dict[str, dict[st
             recs = read_probes(edir)
             if not recs:
                 raise DataError(f"{edir}: no probes.jsonl (evaluate it with this c4s: `c4s experiment --resume`)")
-            # the key is experiment_report._paired's: copies of one experiment hold the same images elsewhere
-            out.setdefault(arm, {})[p] = {(r.get("i"), r.get("probe"), Path(r.get("path") or "").parts[-2:]):
-                                          (r["probe"], int(r["rank"])) for r in recs}
+            # copies of one experiment hold the same images elsewhere: _probe_key ignores where
+            out.setdefault(arm, {})[p] = {_probe_key(r): (r["probe"], int(r["rank"])) for r in recs}
     return out
 
 
