@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from tinyclip import TINY_CLIP
 
+from c4s_core.config import validate
 from c4s_core.errors import ConfigError, DataError
 from c4s_core.pipelines import experiment as ex
 from c4s_core.pipelines import experiment_report as rp
@@ -417,6 +418,28 @@ def test_pretrain_on_synthetic_then_fine_tune_on_real(finished, tmp_path):
     m = res2["matchers"]["procedural"]
     assert m["pretrain_steps"] > 0 and m["optimizer_steps"] == res2["matchers"]["real"]["optimizer_steps"]
     assert "synthetic_use: pretrain" in (copy / "report.md").read_text()
+
+    # evaluation.synthetic_only: the pretrain checkpoint alone, added on resume without retraining anything
+    c3 = c2.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"synthetic_only": ["aligned"]})})
+    res3 = ex.run(c3, progress=False)
+    assert "04-matcher-procedural" in res3["skipped_stages"] and "05-evaluate-procedural-aligned" in res3["skipped_stages"]
+    edir = copy / "05-evaluate-procedural-pretrain-aligned"
+    ev = yaml.safe_load((edir / "config.yaml").read_text())
+    assert Path(ev["backbone"]["options"]["path"]).parent.name == "04-matcher-procedural-pretrain"
+    row = res3["synthetic_only"]["procedural"]["aligned"]
+    assert row["metrics"]["rank-1"] == json.loads((edir / "report.json").read_text())["rank"]["1"]
+    assert set(res3["synthetic_only"]) == {"procedural"} and set(row["minus"]) == {"real", "hog"}
+    # the paired difference on identical probes is the difference of the two rank-1s
+    assert row["minus"]["real"]["difference"] == pytest.approx(
+        row["metrics"]["rank-1"] - res3["metrics"]["real"]["aligned"]["rank-1"])
+    md = (copy / "report.md").read_text()
+    table = [ln for ln in md[md.index("## What each generated set teaches alone"):].splitlines() if ln.startswith("|")]
+    assert table[0].endswith("rank-1 - real-only | rank-1 - HOG |") and table[2].startswith("| procedural, aligned | ")
+    with pytest.raises(ConfigError, match="synthetic_use: pretrain"):
+        validate(ex.Config, {**c3.model_dump(mode="json"), "matcher": cfg.matcher.model_dump(mode="json")}, "test")
+    with pytest.raises(ConfigError, match=r"synthetic_only \['perturbed'\] are not in protocols \['aligned'\]"):
+        validate(ex.Config, {**c3.model_dump(mode="json"),
+                             "evaluation": {"protocols": ["aligned"], "synthetic_only": ["perturbed"]}}, "test")
 
 
 def test_matcher_seed_repeats_only_the_matchers(finished, tmp_path):

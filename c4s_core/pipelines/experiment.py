@@ -90,7 +90,7 @@ from ..config import C4SModel, ComponentSpec
 from .evaluate import Perturb
 from .experiment_data import _prealign, _prepare_data
 from .experiment_protocols import _PROTOCOL, PROTOCOLS, Protocol
-from .experiment_report import _differences, _intervals, _metrics, _plot, _report, _verdicts
+from .experiment_report import _alone, _differences, _intervals, _metrics, _plot, _report, _verdicts
 from .experiment_stages import (
     _budget,
     _evaluate_config,
@@ -196,6 +196,10 @@ class Evaluation(C4SModel):
         "rank-k and TAR, and paired intervals of each arm's rank-1 difference that the verdicts use; 0: none "
         "(verdicts compare point values).")
     bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrap resamples (the same draws for every arm).")
+    synthetic_only: list[Protocol] = Field(
+        default_factory=list, description="Protocols on which each synthetic arm's matcher after pretraining on its "
+        "generated set alone (04-matcher-ARM-pretrain, before any real sketch) is also evaluated: what the set "
+        "teaches on its own, a cheap figure to compare sets by; needs matcher.synthetic_use: pretrain.")
 
     @field_validator("protocols")
     @classmethod
@@ -203,6 +207,21 @@ class Evaluation(C4SModel):
         if not v or len(set(v)) != len(v):
             raise ValueError(f"protocols must be a non-empty list without duplicates, got {v}")
         return [p for p in PROTOCOLS if p in v]
+
+    @field_validator("synthetic_only")
+    @classmethod
+    def _synthetic_only(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"synthetic_only has duplicates: {v}")
+        return [p for p in PROTOCOLS if p in v]
+
+    @model_validator(mode="after")
+    def _alone_in_protocols(self):
+        extra = [p for p in self.synthetic_only if p not in self.protocols]
+        if extra:
+            raise ValueError(f"synthetic_only {extra} are not in protocols {self.protocols}: each figure is read "
+                             "beside the arms' own")
+        return self
 
     @field_validator("baselines")
     @classmethod
@@ -310,6 +329,12 @@ class Config(C4SModel):
         return self
 
     @model_validator(mode="after")
+    def _synthetic_only_needs_pretrain(self):
+        if self.evaluation.synthetic_only and self.matcher.synthetic_use != "pretrain":
+            raise ValueError("evaluation.synthetic_only evaluates the pretrain stage: set matcher.synthetic_use: pretrain")
+        return self
+
+    @model_validator(mode="after")
     def _start_style(self):
         if self.start_style is not None and self.strength >= 1.0:
             raise ValueError(f"start_style={self.start_style!r} needs strength < 1 (at 1 sampling starts from noise)")
@@ -393,7 +418,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
              + 2 * sum(a in cfg.trained_generators for a in cfg.arms) + 2 * sum(a == "procedural" for a in cfg.arms)
              + len(cfg.arms) * (1 + n_eval) + n_eval * len(cfg.evaluation.baselines)
              + (sum(a != "real" for a in cfg.arms) if judged else 0)
-             + (sum(a != "real" for a in cfg.arms) if cfg.matcher.synthetic_use == "pretrain" else 0))
+             + (sum(a != "real" for a in cfg.arms) if cfg.matcher.synthetic_use == "pretrain" else 0)
+             + sum(a != "real" for a in cfg.arms) * len(cfg.evaluation.synthetic_only))
     count = [0]
     skipped: list[str] = []
 
@@ -490,6 +516,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     write_json(out / "budget.json", budget)
     say(f"budget: {budget['images_per_epoch']} images per epoch, {budget['steps']} optimizer steps per arm")
     matchers: dict[str, Path] = {}
+    pretrained: dict[str, Path] = {}  # a synthetic arm's matcher before its real fine-tune (synthetic_use: pretrain)
     train_summaries: dict[str, Any] = {}
     for arm in cfg.arms:
         mdir = out / f"04-matcher-{arm}"
@@ -499,7 +526,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             tp = _matcher_config(cfg, arm, None, gen_sets[arm], [min(ratio, 100.0)], pdir, data["val"])
             stage(f"train-matcher ({arm}, pretrain on synthetic)", pdir, tp, train_matcher.run,
                   lambda d=pdir: (d / "last" / "state.json").is_file())
-            start = pdir / ("best" if data["val"] is not None else "last")
+            start = pretrained[arm] = pdir / ("best" if data["val"] is not None else "last")
             tm = _matcher_config(cfg, arm, data["matcher_train"], None, budget["arms"]["real"]["ratios"]
                                  if "real" in budget["arms"] else [budget["images_per_epoch"] / data["matcher_train_images"]],
                                  mdir, data["val"], backbone=ComponentSpec(name="matcher", options={"path": str(start.resolve())}))
@@ -555,6 +582,17 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             stage(f"evaluate ({arm}, {p})", edir, ec, evaluate.run, legacy="rerun")
             reports.setdefault(arm, {})[p] = json.loads((edir / "report.json").read_text())
             per_probe.setdefault(arm, {})[p] = evaluate.read_probes(edir)
+    # what each generated set teaches alone: its pretrain checkpoint, before any real sketch
+    alone: dict[str, dict[str, Any]] = {}
+    alone_probes: dict[str, dict[str, Any]] = {}
+    for arm, start in pretrained.items():
+        for p in cfg.evaluation.synthetic_only:
+            edir = out / f"05-evaluate-{arm}-pretrain-{p}"
+            bb = ComponentSpec(name="matcher", options={"path": str(start.resolve())})
+            ec = _evaluate_config(cfg, data["test"], bb, p, first.get(p), edir)
+            stage(f"evaluate ({arm} pretrain only, {p})", edir, ec, evaluate.run)
+            alone.setdefault(arm, {})[p] = json.loads((edir / "report.json").read_text())
+            alone_probes.setdefault(arm, {})[p] = evaluate.read_probes(edir)
 
     # 6. table, plot, sentences
     rows = {name: {p: _metrics(r) for p, r in by.items()} for name, by in reports.items()}
@@ -568,6 +606,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         "intervals": {name: {p: _intervals(r) for p, r in by.items()} for name, by in reports.items()},
         "differences": diffs, "verdicts": verdicts,
         "judges": judges,
+        "synthetic_only": _alone(alone, alone_probes, per_probe, [n for n in ("real", *ev.baselines) if n in per_probe],
+                                 ev.bootstrap, ev.bootstrap_seed),
         "counts": {p: {k: reports[n][p]["counts"].get(k) for k in ("probes_used", "gallery_identities")}
                    for n in list(reports)[:1] for p in probes},
         "skipped_stages": skipped, "seconds": round(time.time() - t0, 1),

@@ -87,6 +87,49 @@ def _differences(arms: list[str], baselines: list[str], per_probe: dict[str, dic
     return out
 
 
+def _alone(reports: dict[str, dict[str, Any]], probes: dict[str, dict[str, Any]], per_probe: dict[str, dict[str, Any]],
+           compare: list[str], resamples: int, seed: int) -> dict[str, Any]:
+    """Each synthetic arm's pretrain-only evaluations (evaluation.synthetic_only): metrics, intervals and the
+    paired rank-1 difference from each of ``compare`` (real-only, the baselines) on the same probes.
+    ``{arm: {protocol: {metrics, intervals, minus: {other: difference | None}}}}``."""
+    import numpy as np
+
+    from ..metrics import paired_rank_difference
+
+    out: dict[str, Any] = {}
+    for arm, by in reports.items():
+        for p, rep in by.items():
+            minus = {}
+            for other in compare:
+                pair = _paired(probes.get(arm, {}).get(p), per_probe.get(other, {}).get(p))
+                if pair is None or not resamples:
+                    minus[other] = None
+                    continue
+                ra, rb, ids = pair
+                minus[other] = {**paired_rank_difference(np.array(ra), np.array(rb), ids, 1, resamples, seed),
+                                "compared": f"{arm} pretrain only - {other}", "matched_probes": len(ids)}
+            out.setdefault(arm, {})[p] = {"metrics": _metrics(rep), "intervals": _intervals(rep), "minus": minus}
+    return out
+
+
+def _alone_table(alone: dict[str, Any]) -> list[str]:
+    """The section on what each generated set teaches before any real sketch."""
+    others = list(dict.fromkeys(o for by in alone.values() for row in by.values() for o in row["minus"]))
+    L = ["", "## What each generated set teaches alone", "",
+         "Each synthetic arm's matcher after its pretraining on the generated set alone, before the real fine-tune "
+         "(04-matcher-ARM-pretrain; evaluation.synthetic_only): a figure of the set itself, free of the real data. "
+         "Differences are paired, as above.", "",
+         "| set, protocol | rank-1 | rank-10 | AUC | " + " | ".join(f"rank-1 - {_label(o)}" for o in others) + " |",
+         "|---|---|---|---|" + "---|" * len(others)]
+    for arm, by in alone.items():
+        for p, row in by.items():
+            m, ci = row["metrics"], row["intervals"]
+            r1 = _num(m.get("rank-1"), 3) + (f" [{ci['rank-1'][0]:.3f}, {ci['rank-1'][1]:.3f}]" if ci.get("rank-1") else "")
+            L.append(f"| {arm}, {p} | {r1} | {_num(m.get('rank-10'), 3)} | {_num(m.get('AUC'), 3)} | "
+                     + " | ".join(_diff_text(row["minus"].get(o)) for o in others) + " |")
+    return L
+
+
 def _signed(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.3f}"
 
@@ -266,6 +309,8 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
                   "against the training-free baselines."]
         elif losers:
             L += ["", f"**Not beating {_label(b)} on every protocol: {', '.join(losers)}.**"]
+    if res.get("synthetic_only"):
+        L += _alone_table(res["synthetic_only"])
     if res.get("judges"):
         L += _judge_table(res["judges"])
         L += _readings(cfg, res)
