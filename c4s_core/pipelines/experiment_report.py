@@ -64,27 +64,31 @@ def _differences(arms: list[str], baselines: list[str], per_probe: dict[str, dic
     identities (metrics.paired_rank_difference: the same resampled identities
     for both). ``{name: {other: {protocol: {difference, low, high, ...} | None}}}``;
     None where an evaluation has no probes.jsonl (run by an older c4s)."""
-    import numpy as np
-
-    from ..metrics import paired_rank_difference
-
     out: dict[str, Any] = {}
     for name in [*arms, *baselines]:
         for other in [*baselines, "real"]:
             if other == name or other not in per_probe or name not in per_probe or (name in baselines and other in baselines):
                 continue
-            by = {}
-            for p, recs in per_probe[name].items():
-                pair = _paired(recs, per_probe[other].get(p))
-                if pair is None:
-                    by[p] = None
-                    continue
-                ra, rb, ids = pair
-                d = paired_rank_difference(np.array(ra), np.array(rb), ids, 1, resamples, seed)
-                by[p] = {**d, "compared": f"{name} - {other}", "matched_probes": len(ids),
-                         "probes_a": len(recs), "probes_b": len(per_probe[other].get(p) or [])}
-            out.setdefault(name, {})[other] = by
+            out.setdefault(name, {})[other] = {
+                p: _paired_difference(recs, per_probe[other].get(p), f"{name} - {other}", resamples, seed)
+                for p, recs in per_probe[name].items()}
     return out
+
+
+def _paired_difference(a: list[dict[str, Any]] | None, b: list[dict[str, Any]] | None, compared: str,
+                       resamples: int, seed: int) -> dict[str, Any] | None:
+    """Rank-1 of probes ``a`` minus rank-1 of probes ``b`` on the probes both hold, with a paired
+    bootstrap interval over probe identities; None without shared probes."""
+    import numpy as np
+
+    from ..metrics import paired_rank_difference
+
+    pair = _paired(a, b)
+    if pair is None:
+        return None
+    ra, rb, ids = pair
+    d = paired_rank_difference(np.array(ra), np.array(rb), ids, 1, resamples, seed)
+    return {**d, "compared": compared, "matched_probes": len(ids), "probes_a": len(a), "probes_b": len(b)}
 
 
 def _alone(reports: dict[str, dict[str, Any]], probes: dict[str, dict[str, Any]], per_probe: dict[str, dict[str, Any]],
@@ -92,22 +96,12 @@ def _alone(reports: dict[str, dict[str, Any]], probes: dict[str, dict[str, Any]]
     """Each synthetic arm's pretrain-only evaluations (evaluation.synthetic_only): metrics, intervals and the
     paired rank-1 difference from each of ``compare`` (real-only, the baselines) on the same probes.
     ``{arm: {protocol: {metrics, intervals, minus: {other: difference | None}}}}``."""
-    import numpy as np
-
-    from ..metrics import paired_rank_difference
-
     out: dict[str, Any] = {}
     for arm, by in reports.items():
         for p, rep in by.items():
-            minus = {}
-            for other in compare:
-                pair = _paired(probes.get(arm, {}).get(p), per_probe.get(other, {}).get(p))
-                if pair is None or not resamples:
-                    minus[other] = None
-                    continue
-                ra, rb, ids = pair
-                minus[other] = {**paired_rank_difference(np.array(ra), np.array(rb), ids, 1, resamples, seed),
-                                "compared": f"{arm} pretrain only - {other}", "matched_probes": len(ids)}
+            minus = {other: _paired_difference(probes.get(arm, {}).get(p), per_probe.get(other, {}).get(p),
+                                               f"{arm} pretrain only - {other}", resamples, seed) if resamples else None
+                     for other in compare}
             out.setdefault(arm, {})[p] = {"metrics": _metrics(rep), "intervals": _intervals(rep), "minus": minus}
     return out
 
