@@ -577,3 +577,29 @@ def test_judge_table_names_the_judge_it_used():
          "judge": "/runs/first/04-matcher-real/last"}
     text = "\n".join(rp._judge_table({"diffusion": j}))
     assert "`/runs/first/04-matcher-real/last`" in text and "| diffusion | 0.500 | 0.800 | 0.625 |" in text
+
+
+def test_negatives_add_strangers_photos_to_every_batch(finished, tmp_path):
+    """matcher.negatives on a copy: real-only trains with the new identities' photos as
+    extra negatives (a photo-only source, never a pair), and says so in the report."""
+    import shutil
+
+    import yaml
+
+    cfg, res = finished
+    copy = tmp_path / "neg"
+    shutil.copytree(res["out"], copy, ignore=lambda d, names: [n for n in names if re.match(r"0[45]-(matcher|evaluate)-real", n)])
+    m = cfg.matcher.model_copy(update={"negatives": 3, "options": {"loss": "pairs"}})
+    res2 = ex.run(cfg.model_copy(update={"out": copy, "resume": True, "arms": ["real"], "matcher": m}), progress=False)
+    tm = yaml.safe_load((copy / "04-matcher-real" / "config.yaml").read_text())
+    assert tm["pair_negatives"] == 3 and tm["loss"] == "pairs"
+    assert [d["modality"] for d in tm["data"]] == [None, "photo"]
+    n_new = res["data"]["identities"]["new_identities"]
+    assert res2["matchers"]["real"]["classes"] == res["data"]["identities"]["train"] + n_new
+    assert f"holds 3 photos of the new identities' {n_new} people as extra negatives" in (copy / "report.md").read_text()
+    with pytest.raises(ValueError, match="set matcher.options.loss"):
+        ex.MatcherSettings(negatives=3)
+    clash = cfg.model_copy(update={"out": tmp_path / "clash", "arms": ["real"], "matcher": m,
+                                   "new_identities": ex.ComponentSpec.model_validate(synth(0, "tr", 4, 0))})
+    with pytest.raises(ConfigError, match="train and negatives share 4"):
+        ex.run(clash, progress=False)

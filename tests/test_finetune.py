@@ -60,6 +60,59 @@ def test_pairs_loss_rewards_matching_and_ignores_same_identity_negatives():
     assert torch.isfinite(loss) and loss < 0.1
 
 
+def test_extra_negative_photos_compete_with_each_sketchs_photo():
+    import math
+
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(5, 64), dim=1)
+    pairs = torch.stack([z[0], z[0], z[1], z[1], z[2], z[2]])  # each sketch equals its photo
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    base = tm._pairs_loss(pairs, y, 0.05)
+    # a stranger's photo identical to sketch 0: that sketch's row becomes a two-way tie (log 2 more),
+    # one of the three sketch rows, in one of the two directions (photos of pairs see sketches only)
+    tie = tm._pairs_loss(torch.cat([pairs, z[0:1]]), torch.cat([y, torch.tensor([7])]), 0.05, negatives=1)
+    assert abs((tie - base).item() - math.log(2) / 6) < 0.01
+    # far strangers change nothing that matters; one of the same identity is no negative
+    far = tm._pairs_loss(torch.cat([pairs, -z[0:1], -z[1:2]]), torch.cat([y, torch.tensor([7, 8])]), 0.05, negatives=2)
+    assert abs((far - base).item()) < 1e-4
+    same = tm._pairs_loss(torch.cat([pairs, z[0:1]]), torch.cat([y, torch.tensor([0])]), 0.05, negatives=1)
+    assert abs((same - base).item()) < 1e-6
+
+
+def test_epoch_negatives_come_from_the_pool_and_vary_by_epoch():
+    pool = np.array([3, 5, 9, 11])
+    a = tm._epoch_negatives(pool, 6, 3, 0, 0)
+    assert a.shape == (6, 3) and set(a.ravel()) <= set(pool.tolist())
+    assert all(len(set(row)) == 3 for row in a.tolist())  # without replacement when the pool allows
+    assert (a == tm._epoch_negatives(pool, 6, 3, 0, 0)).all()  # resumable: a function of seed and epoch
+    assert not (a == tm._epoch_negatives(pool, 6, 3, 0, 1)).all()
+    assert tm._epoch_negatives(pool, 2, 6, 0, 0).shape == (2, 6)  # a small pool repeats
+
+
+def test_pair_negatives_need_pairs_and_a_photo_only_source():
+    with pytest.raises(ValueError, match="needs loss 'pairs'"):
+        tm.Config(pair_negatives=4)
+    with pytest.raises(ValueError, match="has none"):
+        tm.Config(pair_negatives=4, loss="pairs")
+
+
+def test_finetune_with_negative_photos_of_strangers(tmp_path):
+    strangers = ('{dataset: {name: synthfaces, options: {num_identities: 12, size: 64, images_per_identity: 1, '
+                 'sketches_per_identity: 1, seed: 5, prefix: other}}, modality: photo}')
+    data = DATA.replace("}}]", "}}, " + strangers + "]")
+    runs = {}
+    for k in (0, 4):
+        out = tmp_path / f"neg{k}"
+        res = run_cli("train-matcher", "--out", out, "--no-progress", *SETS, "--set", data, "--set", "epochs=1",
+                      "--set", f"pair_negatives={k}")
+        assert res.exit_code == 0, res.output
+        summary = json.loads(res.output)
+        assert summary["finished"] and np.isfinite(summary["history"][0]["loss"])
+        runs[k] = weights(out / "last")
+    # the same seed, batches and augmentation: only the extra negatives differ
+    assert any(not np.array_equal(runs[0][n], runs[4][n]) for n in runs[0])
+
+
 def test_odd_batch_size_is_refused_with_pairs():
     with pytest.raises(ValueError, match="batch_size must be even"):
         tm.Config(loss="pairs", batch_size=7)

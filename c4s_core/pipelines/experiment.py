@@ -88,7 +88,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import C4SModel, ComponentSpec
 from .evaluate import Perturb
-from .experiment_data import _prealign, _prepare_data
+from .experiment_data import _prealign, _prepare_data, _uses_new_identities
 from .experiment_protocols import _PROTOCOL, PROTOCOLS, Protocol
 from .experiment_report import _alone, _differences, _intervals, _metrics, _plot, _report, _verdicts
 from .experiment_stages import (
@@ -108,7 +108,7 @@ Arm = Literal["real", "diffusion", "gan", "procedural"]
 # train-generator / train-matcher fields the experiment sets itself
 _GEN_OWN = {"dataset", "generator", "steps", "out", "resume", "seed", "aligner", "stop_after"}
 _MATCHER_OWN = {"data", "aligner", "backbone", "head", "epochs", "batch_size", "lr", "device", "threads",
-                "out", "resume", "seed", "val_fraction", "stop_after"}
+                "out", "resume", "seed", "val_fraction", "stop_after", "pair_negatives"}
 
 
 def _synth(seed: int, prefix: str, n: int, sketches: int, size: int = 64, styles=("pencil",)) -> ComponentSpec:
@@ -165,6 +165,11 @@ class MatcherSettings(C4SModel):
         "the last epoch is evaluated.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if available.")
     threads: int | None = Field(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
+    negatives: int = Field(
+        0, ge=0, le=4096, description="Photos of the new identities (new_identities: their photos only, never a "
+        "sketch) added to every batch of every matcher training as extra negatives of each sketch (train-matcher "
+        "pair_negatives; needs loss pairs): strangers' faces, as a gallery's distractors are. All of "
+        "new_identities' people serve, new_limit aside. 0: none.")
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="More train-matcher fields (optimizer, warmup_epochs, augment...); not the ones set above.",
@@ -176,6 +181,13 @@ class MatcherSettings(C4SModel):
         from .train_matcher import Config as TM
 
         return _pass_through(v, "matcher.options", _MATCHER_OWN, TM, "train-matcher")
+
+    @model_validator(mode="after")
+    def _negatives_need_pairs(self):
+        if self.negatives and self.options.get("loss", "margin") == "margin":
+            raise ValueError(f"negatives={self.negatives} are negatives of the pairs loss: set matcher.options.loss "
+                             "to pairs or margin+pairs")
+        return self
 
 
 class Evaluation(C4SModel):
@@ -472,7 +484,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     data_dir.mkdir(exist_ok=True)
     save_run_config(data_dir, "experiment", cfg)
     if cfg.prealign is not None:
-        total += sum(x is not None for x in (cfg.train, cfg.test, cfg.distractors)) + any(a != "real" for a in cfg.arms)
+        total += sum(x is not None for x in (cfg.train, cfg.test, cfg.distractors)) + _uses_new_identities(cfg)
         cfg = _prealign(cfg, data_dir, stage)
     data = _real_subset(cfg, _validation_split(cfg, _prepare_data(cfg, data_dir, say), data_dir, say), data_dir, say)
     write_json(data_dir / "data.json", data)

@@ -74,6 +74,11 @@ def _materialize(ds, keep: set[str], folder: Path, manifest: Path) -> int:
     return len(recs)
 
 
+def _uses_new_identities(cfg: Config) -> bool:
+    """A synthetic arm draws them, or the matchers take their photos as negatives."""
+    return any(a != "real" for a in cfg.arms) or cfg.matcher.negatives > 0
+
+
 def _prealign(cfg: Config, folder: Path, stage) -> Config:
     """Align each dataset once (resumable stages); the config with manifest specs in their place."""
     from . import align
@@ -81,7 +86,7 @@ def _prealign(cfg: Config, folder: Path, stage) -> Config:
     update = {}
     for key in ("train", "test", "new_identities", "distractors"):
         spec = getattr(cfg, key)
-        if spec is None or (key == "new_identities" and all(a == "real" for a in cfg.arms)):
+        if spec is None or (key == "new_identities" and not _uses_new_identities(cfg)):
             continue
         adir = folder / f"aligned-{key.replace('_', '-')}"
         ac = align.Config(input=spec, aligner=cfg.prealign, out=adir, batch_size=cfg.evaluation.batch_size)
@@ -114,12 +119,16 @@ def _prepare_data(cfg: Config, folder: Path, say) -> dict[str, Any]:
         train_ds = regs.dataset.build(train_spec)
     test_ds = regs.dataset.build(test_spec)
     sets = {"train": _identities(train_ds), "test": _identities(test_ds)}
-    if any(a != "real" for a in cfg.arms):
+    if _uses_new_identities(cfg):
         new_ids = sorted(_identities(regs.dataset.build(cfg.new_identities), "photo"))
-        sets["new_identities"] = set(new_ids[: cfg.new_limit] if cfg.new_limit else new_ids)
+        if any(a != "real" for a in cfg.arms):
+            sets["new_identities"] = set(new_ids[: cfg.new_limit] if cfg.new_limit else new_ids)
+        if cfg.matcher.negatives:
+            sets["negatives"] = set(new_ids)
     if cfg.distractors is not None:
         sets["distractors"] = _identities(regs.dataset.build(cfg.distractors))
-    for a, b in (("train", "test"), ("new_identities", "test"), ("distractors", "test"), ("train", "new_identities")):
+    for a, b in (("train", "test"), ("new_identities", "test"), ("distractors", "test"), ("train", "new_identities"),
+                 ("negatives", "test"), ("train", "negatives")):
         if a in sets and b in sets and sets[a] & sets[b]:
             both = sorted(sets[a] & sets[b])
             raise ConfigError(

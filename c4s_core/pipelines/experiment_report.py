@@ -251,6 +251,9 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
          + f". Budget: {budget['images_per_epoch']} images per epoch x {cfg.matcher.epochs} epochs = "
          f"{budget['steps']} optimizer steps per arm (batch {cfg.matcher.batch_size})."
          + (" All images grey." if ev.grayscale else "")
+         + (f" Every batch also holds {cfg.matcher.negatives} photos of the new identities' "
+            f"{data['identities'].get('negatives')} people as extra negatives (matcher.negatives)."
+            if cfg.matcher.negatives else "")
          + (" Synthetic arms: a matcher trained on the generated set alone, then fine-tuned on the real data alone "
             "with real-only's budget (matcher.synthetic_use: pretrain)." if cfg.matcher.synthetic_use == "pretrain"
             else ""), ""]

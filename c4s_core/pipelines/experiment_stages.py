@@ -94,7 +94,7 @@ def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path, 
 # stage-config fields added after experiments were run, and the values that mean
 # "as before" (None: any value; the stage is rerun, see experiment.run's `legacy`)
 _ADDED_FIELDS: dict[str, Any] = {"val_data": [], "bootstrap": None, "bootstrap_seed": None, "strength": 1.0,
-                                 "start_style": None}
+                                 "start_style": None, "pair_negatives": 0}
 
 
 def _stage_hash(stage_cfg, out: Path | None = None, legacy: bool = False) -> str:
@@ -160,8 +160,10 @@ def _matcher_config(cfg: Config, arm: str, train_spec: dict | None, gen_manifest
     for d, r in zip(data, ratios, strict=True):
         d["ratio"] = r
     m = cfg.matcher
+    if m.negatives:  # strangers' photos: negatives only (a photo-only source gives no pairs)
+        data.append({"dataset": cfg.new_identities, "modality": "photo"})
     return TM.model_validate({
-        **m.options, "data": data, "aligner": cfg.aligner, "backbone": backbone or m.backbone, "head": m.head,
+        **m.options, "data": data, "pair_negatives": m.negatives, "aligner": cfg.aligner, "backbone": backbone or m.backbone, "head": m.head,
         "epochs": m.epochs, "batch_size": m.batch_size, "lr": m.lr, "device": m.device, "threads": m.threads,
         "val_fraction": 0.0, "val_data": [{"dataset": val_spec}] if val_spec else [],
         "seed": cfg.seed if m.seed is None else m.seed, "out": out,

@@ -51,7 +51,7 @@ from ..matcher_folder import MATCHER_FORMAT, MATCHER_FORMAT_VERSION, read_matche
 # fields that may change between a run and its --resume
 RESUMABLE_CHANGES = ("resume", "epochs", "stop_after")
 # fields added after runs were saved, and the value that means "as before"
-ADDED_FIELDS: dict[str, Any] = {"val_data": []}
+ADDED_FIELDS: dict[str, Any] = {"val_data": [], "pair_negatives": 0}
 
 
 class DataSource(C4SModel):
@@ -111,6 +111,11 @@ class Config(C4SModel):
         "backbones; no class centres to learn); margin+pairs: their sum."
     )
     temperature: float = Field(0.05, gt=0.0, le=1.0, description="pairs loss: temperature of the cosine similarities.")
+    pair_negatives: int = Field(
+        0, ge=0, le=4096, description="pairs loss: photos of the photo-only sources (`modality: photo`, e.g. "
+        "unlabelled faces of other people) added to every batch as extra negatives of each sketch; they have no "
+        "sketch, so they are never positives. Teaches sketches to stay away from photos of strangers, as in a "
+        "gallery with distractors. 0: none.")
     backbone_lr_scale: float = Field(
         1.0, gt=0.0, le=10.0, description="Backbone learning rate as a share of lr (the head trains at lr); "
         "below 1 keeps a pretrained backbone near its start."
@@ -151,6 +156,12 @@ class Config(C4SModel):
     def _pairs_batch(self):
         if self.loss != "margin" and self.batch_size % 2:
             raise ValueError(f"batch_size must be even with loss {self.loss!r} (photo, sketch pairs), got {self.batch_size}")
+        if self.pair_negatives and self.loss == "margin":
+            raise ValueError(f"pair_negatives={self.pair_negatives} needs loss 'pairs' or 'margin+pairs' (they are "
+                             "negatives of the pairs loss), got loss 'margin'")
+        if self.pair_negatives and not any(d.modality == "photo" for d in self.data):
+            raise ValueError(f"pair_negatives={self.pair_negatives} draws from the data sources with `modality: "
+                             "photo`, and `data` has none; add one (e.g. a folder of other people's photos)")
         return self
 
 
@@ -277,19 +288,33 @@ def _epoch_pairs(train_idx, ids, mods, src, ratios, seed: int, epoch: int):
     return np.asarray(pairs, int)[rng.permutation(len(pairs))].reshape(-1)
 
 
-def _pairs_loss(z, y, temperature: float):
-    """Symmetric InfoNCE over a batch of ``[photo, sketch]`` rows: each sketch
-    against every photo and each photo against every sketch; other pairs of the
-    same identity (an identity drawn twice) are not counted as negatives."""
+def _epoch_negatives(pool, steps: int, k: int, seed: int, epoch: int):
+    """``[steps, k]`` indices into ``pool`` (photos without a sketch): each step's extra negatives."""
+    import numpy as np
+
+    rng = np.random.default_rng([0x4E6A, seed, epoch])
+    return np.stack([rng.choice(pool, k, replace=len(pool) < k) for _ in range(steps)]) if steps else np.zeros((0, k), int)
+
+
+def _pairs_loss(z, y, temperature: float, negatives: int = 0):
+    """Symmetric InfoNCE over a batch of ``[photo, sketch]`` rows (then
+    ``negatives`` rows of photos without a sketch): each sketch against every
+    photo, the extra ones included, and each photo of a pair against every
+    sketch; other rows of the same identity (an identity drawn twice) are not
+    counted as negatives."""
     import torch
     import torch.nn.functional as F
 
-    p, s = z[0::2], z[1::2]
-    logits = s @ p.T / temperature
-    same = (y[1::2, None] == y[None, 0::2]) & ~torch.eye(len(p), dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(same, float("-inf"))
+    n = len(z) - negatives
+    p, s = z[0:n:2], z[1:n:2]
+    photos = torch.cat([p, z[n:]])
+    y_photos = torch.cat([y[0:n:2], y[n:]])
+    logits = s @ photos.T / temperature
+    eye = torch.zeros(len(s), len(photos), dtype=torch.bool, device=z.device)
+    eye[:, : len(p)] = torch.eye(len(p), dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill((y[1:n:2, None] == y_photos[None, :]) & ~eye, float("-inf"))
     target = torch.arange(len(p), device=z.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, : len(p)].T, target)) / 2
 
 
 def _augment(x, is_photo, aug: Augment, gen, rows: slice | None = None, n: int | None = None):
@@ -522,6 +547,12 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
     if pairs and not len(epoch_order(0)):
         raise DataError("loss 'pairs' needs training identities with both a photo and a sketch; the data has none")
     steps_per_epoch = max(1, int(np.ceil(len(epoch_order(0)) / config.batch_size)))
+    k_neg = config.pair_negatives
+    neg_src = [i for i, d in enumerate(config.data) if d.modality == "photo"]
+    neg_pool = train_idx[np.isin(src[train_idx], neg_src) & (mods[train_idx] == "photo")]
+    if k_neg and not len(neg_pool):
+        raise DataError(f"pair_negatives={k_neg}: the photo-only sources "
+                        f"({', '.join(config.data[i].dataset.name for i in neg_src)}) gave no training photos")
     total_steps = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
 
@@ -589,10 +620,13 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
         losses = []
         bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not show, unit="step")
-        for b in bar:
+        negs = _epoch_negatives(neg_pool, len(bar), k_neg, config.seed, epoch) if k_neg else None
+        for j, b in enumerate(bar):
             idx = order[b:b + config.batch_size]
             if len(idx) < max(2, world):  # BatchNorm needs two samples; each rank one
                 continue
+            if negs is not None:  # single process (pairs): the extra photos go after the pairs
+                idx = np.concatenate([idx, negs[j]])
             part = dist.batch_part(len(idx), ctx.rank, world)
             mine = idx[part.rows]
             x = images_t[torch.from_numpy(mine)].permute(0, 3, 1, 2).float().div_(255.0)
@@ -606,7 +640,7 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             dropout.part = part
             z, logits = net(x, y)
-            loss = _pairs_loss(z, y, config.temperature) if pairs else 0.0
+            loss = _pairs_loss(z, y, config.temperature, k_neg) if pairs else 0.0
             if logits is not None:
                 # this rank's mean, weighted so that DDP's mean over ranks is the global batch mean
                 loss = loss + (F.cross_entropy(logits, y) * part.weight if distributed else F.cross_entropy(logits, y))
