@@ -93,6 +93,7 @@ META_KEYS: dict[str, tuple[str, str]] = {
     "c4s.output_name": ("str", "graph output name"),
     "c4s.embedding_dim": ("int", "embedding size D"),
     "c4s.normalized": ("json", "true: the graph L2-normalises its output"),
+    "c4s.flip_fusion": ("json", "true: the graph sums the embeddings of the image and its mirror image"),
     "c4s.backbone": ("str", "registered backbone name"),
     "c4s.training_data_hash": ("str", "hash of the training data ('' if unknown)"),
     "c4s.source_hash": ("str", "hash of the source checkpoint / weights"),
@@ -124,6 +125,7 @@ class ExportMeta:
     source_hash: str = ""
     training_data_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    flip_fusion: bool = False
 
     def __post_init__(self):
         self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
@@ -151,6 +153,7 @@ class ExportMeta:
             std=tuple(getattr(backbone, "std", (0.5, 0.5, 0.5))),
             embedding_dim=int(backbone.embedding_dim), backbone=name, source_hash=source_hash,
             training_data_hash=training_data_hash, extra=dict(extra or {}),
+            flip_fusion=bool(getattr(getattr(backbone, "config", None), "flip_fusion", False)),
         )
 
 
@@ -200,15 +203,22 @@ def _deployed_class():
             self.register_buffer("order", torch.tensor(order, dtype=torch.long), persistent=False)
             self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
             self.register_buffer("shift", -mean / std, persistent=False)
+            self.flip_fusion = meta.flip_fusion
+
+        def embed(self, x):
+            y = self.model(x)
+            if isinstance(y, (tuple, list)):  # AdaFace-style (embedding, norm)
+                y = y[0]
+            return y.to(torch.float32)
 
         def forward(self, images):
             x = images.permute(0, 3, 1, 2).to(torch.float32)
             x = torch.index_select(x, 1, self.order)
             x = x * self.scale + self.shift
-            y = self.model(x)
-            if isinstance(y, (tuple, list)):  # AdaFace-style (embedding, norm)
-                y = y[0]
-            return torch.nn.functional.normalize(y.to(torch.float32), p=2.0, dim=1, eps=1e-12)
+            y = self.embed(x)
+            if self.flip_fusion:
+                y = y + self.embed(torch.flip(x, dims=[3]))
+            return torch.nn.functional.normalize(y, p=2.0, dim=1, eps=1e-12)
 
     return DeployedModel
 
@@ -236,10 +246,12 @@ def torch_reference(model, meta: ExportMeta, images: np.ndarray, batch_size: int
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                y = model(torch.from_numpy(x[i:i + batch_size]))
-                if isinstance(y, (tuple, list)):
-                    y = y[0]
-                out.append(y.float().cpu().numpy())
+                views = [x[i:i + batch_size]] + ([x[i:i + batch_size, :, :, ::-1]] if meta.flip_fusion else [])
+                y = 0.0
+                for v in views:
+                    e = model(torch.from_numpy(np.ascontiguousarray(v)))
+                    y = y + (e[0] if isinstance(e, (tuple, list)) else e).float().cpu().numpy()
+                out.append(y)
     finally:
         model.train(was_training)
     y = np.concatenate(out).astype(np.float64)
@@ -278,6 +290,7 @@ def _meta_props(meta: ExportMeta, opset: int, precision: str) -> dict[str, str]:
         "c4s.output_name": OUTPUT_NAME,
         "c4s.embedding_dim": int(meta.embedding_dim),
         "c4s.normalized": True,
+        "c4s.flip_fusion": bool(meta.flip_fusion),
         "c4s.backbone": meta.backbone,
         "c4s.training_data_hash": meta.training_data_hash or "",
         "c4s.source_hash": meta.source_hash or "",
@@ -553,6 +566,7 @@ def _derive(src: Path, dst: Path, precision: str, convert: Callable[[Path, Path]
         mean=tuple(meta_src["mean"]), std=tuple(meta_src["std"]), embedding_dim=meta_src["embedding_dim"],
         backbone=meta_src.get("backbone", ""), source_hash=meta_src.get("source_hash", ""),
         training_data_hash=meta_src.get("training_data_hash", ""), extra=meta_src.get("extra", {}),
+        flip_fusion=bool(meta_src.get("flip_fusion", False)),
     )
     with _temp_beside(dst) as tmp:
         with warnings.catch_warnings():

@@ -36,7 +36,7 @@ from c4s_core.errors import ConfigError, DataError
 
 __all__ = [
     "IR18", "IR34", "IR50", "IR101", "MobileFaceNetBackbone", "Matcher",
-    "TorchBackbone", "PretrainedConfig", "load_state_dict_strict", "clean_state_dict", "resolve_device",
+    "TorchBackbone", "EmbedConfig", "PretrainedConfig", "load_state_dict_strict", "clean_state_dict", "resolve_device",
 ]
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -101,13 +101,21 @@ def load_state_dict_strict(model, sd: Mapping[str, Any], source: str) -> None:
 # -- configs ---------------------------------------------------------------------------
 
 
-class TorchBackboneConfig(ComponentConfig):
+class EmbedConfig(ComponentConfig):
+    """How embed() runs, shared by every torch backbone (none of it changes the network)."""
+
+    device: Device = Field("auto", description="Where embed() runs: auto (cuda if available), cpu or cuda.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass in embed().")
+    flip_fusion: bool = Field(
+        False, description="Embed each image and its mirror image and sum the two (AdaFace's evaluation "
+        "habit): a little more robust, twice the compute; `c4s export` puts it in the graph.")
+
+
+class TorchBackboneConfig(EmbedConfig):
     weights: Path | None = Field(
         None, description="Checkpoint to load: .safetensors, or a torch file (AdaFace .ckpt with "
         "state_dict and model. prefixes); head.* keys are ignored. None: random init."
     )
-    device: Device = Field("auto", description="Where embed() runs: auto (cuda if available), cpu or cuda.")
-    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass in embed().")
     embedding_dim: int = Field(512, ge=8, le=4096, description="Embedding size (512 for published weights).")
     input_size: int = Field(112, ge=16, le=448, description="Square input side, a multiple of 16 (112 for published weights).")
 
@@ -147,14 +155,12 @@ class MobileFaceNetConfig(TorchBackboneConfig):
         return v
 
 
-class PretrainedConfig(ComponentConfig):
+class PretrainedConfig(EmbedConfig):
     """Options shared by backbones that start from a registered weight source."""
 
     pretrained: bool = Field(True, description="Start from the weight source's trained weights "
                              "(`c4s weights fetch`); false: random init.")
     weights: Path | None = Field(None, description="A .safetensors state dict to load instead (e.g. a fine-tuned one).")
-    device: Device = Field("auto", description="Where embed() runs: auto (cuda if available), cpu or cuda.")
-    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass in embed().")
 
 
 # -- the shared machinery --------------------------------------------------------------
@@ -169,7 +175,7 @@ class TorchBackbone:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     # options that do not change the network (left out of architecture())
-    runtime_options = ("weights", "device", "batch_size", "pretrained")
+    runtime_options = ("weights", "device", "batch_size", "pretrained", "flip_fusion")
     # name of a registered weight source: with ``pretrained: true`` in the Config
     # (and no ``weights``), the network starts from its verified tensors
     weight_source: str | None = None
@@ -244,7 +250,10 @@ class TorchBackbone:
                 bs = self.config.batch_size
                 for i in range(0, len(images), bs):
                     x = self.to_input(self.images_to_tensor(images[i:i + bs])).to(self.device)
-                    out.append(torch.nn.functional.normalize(self.model(x).float(), dim=1).cpu())
+                    y = self.model(x).float()
+                    if self.config.flip_fusion:  # unnormalised sum: the surer view weighs more
+                        y = y + self.model(x.flip(3)).float()
+                    out.append(torch.nn.functional.normalize(y, dim=1).cpu())
         finally:
             self.model.train(was_training)
         return torch.cat(out).numpy().astype(np.float32)
@@ -310,13 +319,11 @@ class MobileFaceNetBackbone(TorchBackbone):
 # -- a trained matcher folder ----------------------------------------------------------
 
 
-class MatcherConfig(ComponentConfig):
+class MatcherConfig(EmbedConfig):
     path: Path = Field(
         description="Matcher folder written by `c4s train-matcher` (model.safetensors + matcher.json), "
         "its matcher.json, or the run folder (its best/ is used)."
     )
-    device: Device = Field("auto", description="Where embed() runs: auto (cuda if available), cpu or cuda.")
-    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass in embed().")
 
 
 class Matcher:
@@ -338,7 +345,7 @@ class Matcher:
         if entry.cls is Matcher:
             raise DataError(f"{folder / 'matcher.json'}: backbone 'matcher' cannot name itself")
         opts = {**spec.get("options", {}), "device": config.device, "batch_size": config.batch_size,
-                "pretrained": False}  # the folder's weights replace any pretrained start
+                "flip_fusion": config.flip_fusion, "pretrained": False}  # the folder's weights replace any pretrained start
         opts = {k: v for k, v in opts.items() if k in entry.config_cls.model_fields}
         inner = entry.cls(validate(entry.config_cls, opts, f"backbone options in {folder / 'matcher.json'}"))
         inner.load_weights(folder / "model.safetensors")

@@ -13,6 +13,8 @@ class HogConfig(ComponentConfig):
     orientations: int = Field(9, ge=2, le=36, description="Gradient orientation bins.")
     pixels_per_cell: int = Field(8, ge=2, le=64, description="Cell side in pixels.")
     cells_per_block: int = Field(2, ge=1, le=8, description="Block side in cells (block normalisation).")
+    flip_fusion: bool = Field(False, description="Sum the descriptors of the face and its mirror image "
+                              "(as the torch backbones' option of that name).")
 
     @model_validator(mode="after")
     def _fits(self):
@@ -48,14 +50,9 @@ class HogBackbone:
         for i, im in enumerate(images):
             im = resize(np.asarray(im, np.uint8), c.size)
             gray = im.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-            f = hog(
-                gray,
-                orientations=c.orientations,
-                pixels_per_cell=(c.pixels_per_cell,) * 2,
-                cells_per_block=(c.cells_per_block,) * 2,
-                block_norm="L2-Hys",
-                feature_vector=True,
-            )
+            f = sum(hog(view, orientations=c.orientations, pixels_per_cell=(c.pixels_per_cell,) * 2,
+                        cells_per_block=(c.cells_per_block,) * 2, block_norm="L2-Hys", feature_vector=True)
+                    for view in ([gray, gray[:, ::-1]] if c.flip_fusion else [gray]))
             out[i] = f / max(float(np.linalg.norm(f)), 1e-12)
         return out
 

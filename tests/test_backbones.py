@@ -154,6 +154,25 @@ def test_embed_contract_bgr_and_normalisation():
     assert b.embed([]).shape == (0, 32)
 
 
+def test_flip_fusion_embeds_an_image_and_its_mirror_alike(tmp_path):
+    from c4s_core.pipelines.train_matcher import save_matcher
+
+    rng = np.random.default_rng(2)
+    imgs = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]  # at input size: no resize
+    mirrors = [im[:, ::-1].copy() for im in imgs]
+    plain, fused = build("ir_18", **TINY), build("ir_18", **TINY, flip_fusion=True)
+    fused.model.load_state_dict(plain.model.state_dict())
+    # f(x) + f(mirror x) is the same sum for the mirror; one view alone is not mirror-blind
+    np.testing.assert_allclose(fused.embed(imgs), fused.embed(mirrors), atol=1e-6)
+    assert np.abs(plain.embed(imgs) - plain.embed(mirrors)).max() > 1e-2
+    assert plain.architecture() == fused.architecture()  # not part of the network
+    # a matcher folder takes it as an option of its own
+    save_matcher(tmp_path / "m", plain, "ir_18", {"data_hash": "abc"})
+    mf = build("matcher", path=str(tmp_path / "m"), device="cpu", flip_fusion=True)
+    np.testing.assert_allclose(mf.embed(imgs), fused.embed(imgs), atol=1e-6)
+    assert np.abs(mf.embed(imgs) - plain.embed(imgs)).max() > 1e-2
+
+
 def test_mobilefacenet_layout_and_tiny():
     full = build("mobilefacenet", device="cpu")
     sd = full.model.state_dict()

@@ -35,6 +35,17 @@ def test_hog_backbone():
     assert bb.input_size == (112, 112) and bb.color_order == "RGB"
 
 
+def test_hog_flip_fusion_is_blind_to_mirroring():
+    regs = c4s_core.get_registries()
+    plain, fused = regs.backbone.build("hog"), regs.backbone.build("hog", {"flip_fusion": True})
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 255, (112, 112, 3), dtype=np.uint8) for _ in range(2)]  # its size: no resize
+    mirrors = [im[:, ::-1].copy() for im in imgs]
+    np.testing.assert_allclose(fused.embed(imgs), fused.embed(mirrors), atol=1e-6)  # the same two views
+    assert np.abs(plain.embed(imgs) - plain.embed(mirrors)).max() > 1e-2
+    assert fused.embedding_dim == plain.embedding_dim
+
+
 def test_dlib_resnet_is_deterministic(faces):
     pytest.importorskip("dlib")
     bb = c4s_core.get_registries().backbone.build("dlib_resnet")

@@ -198,6 +198,12 @@ def test_compare_with_hog_and_with_a_baseline_report(tmp_path):
     rep2 = evaluate.run(evaluate.Config(probes=ds, gallery=ds, out=tmp_path / "hog", baseline=out / "report.json"),
                         progress=False)
     assert rep2["baseline"]["verdict"] == "beats"
+    # the same probes ranked by both: the paired difference is the rank-1 difference, inside its interval
+    d = rep2["baseline"]["paired_rank1"]
+    assert d["matched_probes"] == rep2["counts"]["probes_used"]
+    assert d["difference"] == pytest.approx(rep2["rank"]["1"] - rep["rank"]["1"], abs=1e-9)
+    assert d["low"] <= d["difference"] <= d["high"]
+    assert "Paired over the" in (tmp_path / "hog" / "report.md").read_text()
     assert "**hog beats the baseline (pixels)**" in (tmp_path / "hog" / "report.md").read_text()
     # compare_with_hog on HOG itself: nothing to compare, said so
     rep3 = evaluate.run(evaluate.Config(probes=ds, gallery=ds, out=tmp_path / "h3", compare_with_hog=True),

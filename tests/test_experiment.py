@@ -603,3 +603,23 @@ def test_negatives_add_strangers_photos_to_every_batch(finished, tmp_path):
                                    "new_identities": ex.ComponentSpec.model_validate(synth(0, "tr", 4, 0))})
     with pytest.raises(ConfigError, match="train and negatives share 4"):
         ex.run(clash, progress=False)
+
+
+def test_flip_fusion_reaches_every_evaluation_with_the_option(finished, tmp_path):
+    import shutil
+
+    import yaml
+
+    cfg, res = finished
+    copy = tmp_path / "flip"
+    shutil.copytree(res["out"], copy, ignore=lambda d, names: [n for n in names if n.startswith("05-")])
+    ev = cfg.evaluation.model_copy(update={"flip_fusion": True, "protocols": ["aligned"]})
+    res2 = ex.run(cfg.model_copy(update={"out": copy, "resume": True, "evaluation": ev}), progress=False)
+    for name in ("hog", "real"):
+        opts = yaml.safe_load((copy / f"05-evaluate-{name}-aligned" / "config.yaml").read_text())["backbone"]["options"]
+        assert opts["flip_fusion"] is True
+    assert "04-matcher-real" in res2["skipped_stages"]  # only the evaluations run again
+    assert "embedded together with its mirror image" in (copy / "report.md").read_text()
+    # the plain run's stages never saw the option (their hashes are unchanged)
+    plain = yaml.safe_load((Path(res["out"]) / "05-evaluate-hog-aligned" / "config.yaml").read_text())
+    assert "flip_fusion" not in (plain["backbone"].get("options") or {})

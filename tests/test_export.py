@@ -113,6 +113,21 @@ def test_colour_reorder_is_in_the_graph(tmp_path):
     assert np.abs(ya - yb).max() > 1e-2
 
 
+def test_flip_fusion_is_in_the_graph(tmp_path):
+    model, images = Tiny(), faces(6)
+    mirrors = np.ascontiguousarray(images[:, :, ::-1])
+    r = ex.export_onnx(model, meta("BGR", flip_fusion=True), tmp_path / "flip.onnx", images, check_batches=(2,))
+    assert r.max_abs_diff <= 1e-3 and props(r.path)["c4s.flip_fusion"] == "true"
+    run = ort.InferenceSession(r.path, providers=["CPUExecutionProvider"]).run
+    # the graph sums both views: an image and its mirror get one embedding, the torch reference's
+    np.testing.assert_allclose(run(None, {"images": images})[0], run(None, {"images": mirrors})[0], atol=1e-5)
+    np.testing.assert_allclose(run(None, {"images": images})[0],
+                               ex.torch_reference(model, meta("BGR", flip_fusion=True), images), atol=1e-4)
+    plain = ex.torch_reference(model, meta("BGR"), images)
+    assert np.abs(plain - ex.torch_reference(model, meta("BGR"), mirrors)).max() > 1e-2
+    assert ex.read_metadata(props(r.path))["flip_fusion"] is True
+
+
 def test_opset_is_a_parameter(tmp_path):
     res = ex.export_onnx(Tiny(), meta(), tmp_path / "m.onnx", faces(4), opset=18, check_batches=(1,))
     proto = onnx.load(res.path)
@@ -241,6 +256,16 @@ def test_pipeline_exports_a_matcher_folder(tmp_path):
     assert p["c4s.backbone"] == "ir_18" and p["c4s.training_data_hash"] == "d4t4"
     assert p["c4s.source_hash"] == info["weights_sha256"]
     assert json.loads(p["c4s.extra"])["source"] == "matcher"
+    assert p["c4s.flip_fusion"] == "false"
+    flip = pipe.run(cfg.model_copy(update={"backbone": ex_spec(tmp_path / "m", flip_fusion=True),
+                                           "out": tmp_path / "flip"}), progress=False)
+    assert props(flip["model"])["c4s.flip_fusion"] == "true"
+
+
+def ex_spec(path, **options):
+    from c4s_core.config import ComponentSpec
+
+    return ComponentSpec(name="matcher", options={"path": str(path), **options})
 
 
 def test_pipeline_refuses_a_non_torch_backbone(tmp_path):

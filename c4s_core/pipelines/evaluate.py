@@ -104,7 +104,8 @@ class Config(C4SModel):
         "is the probe's subset (unmatched: 'other'). CUFS: '^(?P<subset>[^_]+)_' gives AR, CUHK, XM2VTS.",
     )
     baseline: Path | None = Field(
-        None, description="report.json of an earlier evaluate run (e.g. HOG) to compare with in report.md."
+        None, description="report.json of an earlier evaluate run (e.g. HOG) to compare with in report.md; with "
+        "its probes.jsonl beside it and bootstrap on, also the paired rank-1 difference on the probes both ranked."
     )
     compare_with_hog: bool = Field(
         False, description="Also embed the same aligned images with HOG and say in report.md whether the backbone beats it."
@@ -410,14 +411,25 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
                          "roc": {"far": [float(x) for x in h["_v"]["roc"][0]],
                                  "tar": [float(x) for x in h["_v"]["roc"][1]]},
                          "counts": {"probes_used": h["probes_used"], "gallery_identities": len(set(gallery_ids))}}
+    paired = None
+    if config.baseline is not None and config.bootstrap:
+        # an earlier evaluation of the same probes: the difference probe by probe, with its interval
+        from .experiment_report import _paired_difference
+
+        paired = _paired_difference([json.loads(ln) for ln in lines], read_probes(config.baseline.parent),
+                                    f"{config.backbone.name} - baseline", config.bootstrap, config.bootstrap_seed)
     if base_file is not None:
         verdict, sentence = rp.compare_sentence(report, base_file)
+        if paired is not None and paired["difference"] is not None:
+            sentence += (f" Paired over the {paired['matched_probes']} probes both ranked: rank-1 difference "
+                         f"{paired['difference']:+.3f} [{paired['low']:+.3f}, {paired['high']:+.3f}] (95 % bootstrap "
+                         "over probe identities).")
         report["baseline"] = {
             "backbone": base_file.get("backbone"),
             "source": base_file.get("source", str(config.baseline)),
             "rank": base_file["rank"], "tar_at_far": base_file["tar_at_far"], "auc": base_file["auc"],
             "counts": {k: base_file.get("counts", {}).get(k) for k in ("probes_used", "gallery_identities")},
-            "verdict": verdict, "sentence": sentence,
+            "verdict": verdict, "sentence": sentence, "paired_rank1": paired,
         }
         base_label = f"{base_file.get('backbone', 'baseline')} (baseline)"
         base_curves = (base_file.get("cmc"), base_file.get("roc"))

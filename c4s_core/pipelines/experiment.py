@@ -93,6 +93,7 @@ from .experiment_protocols import _PROTOCOL, PROTOCOLS, Protocol
 from .experiment_report import _alone, _differences, _intervals, _metrics, _plot, _report, _verdicts
 from .experiment_stages import (
     _budget,
+    _eval_spec,
     _evaluate_config,
     _generate_config,
     _generator_config,
@@ -208,6 +209,10 @@ class Evaluation(C4SModel):
         "rank-k and TAR, and paired intervals of each arm's rank-1 difference that the verdicts use; 0: none "
         "(verdicts compare point values).")
     bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrap resamples (the same draws for every arm).")
+    flip_fusion: bool = Field(
+        False, description="Embed each probe and gallery image and its mirror image, summed (AdaFace's evaluation "
+        "habit), with every arm and every baseline that has the option (hog and the torch backbones; "
+        "dlib_resnet has not).")
     synthetic_only: list[Protocol] = Field(
         default_factory=list, description="Protocols on which each synthetic arm's matcher after pretraining on its "
         "generated set alone (04-matcher-ARM-pretrain, before any real sketch) is also evaluated: what the set "
@@ -581,7 +586,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     for name in cfg.evaluation.baselines:
         for p in probes:
             edir = out / f"05-evaluate-{name}-{p}"
-            ec = _evaluate_config(cfg, data["test"], ComponentSpec(name=name), p, None, edir)
+            ec = _evaluate_config(cfg, data["test"], _eval_spec(cfg, name), p, None, edir)
             stage(f"evaluate ({name}, {p})", edir, ec, evaluate.run, legacy="rerun")
             reports.setdefault(name, {})[p] = json.loads((edir / "report.json").read_text())
             per_probe.setdefault(name, {})[p] = evaluate.read_probes(edir)
@@ -589,7 +594,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     for arm in cfg.arms:
         for p in probes:
             edir = out / f"05-evaluate-{arm}-{p}"
-            bb = ComponentSpec(name="matcher", options={"path": str(matchers[arm].resolve())})
+            bb = _eval_spec(cfg, "matcher", path=str(matchers[arm].resolve()))
             ec = _evaluate_config(cfg, data["test"], bb, p, first.get(p), edir)
             stage(f"evaluate ({arm}, {p})", edir, ec, evaluate.run, legacy="rerun")
             reports.setdefault(arm, {})[p] = json.loads((edir / "report.json").read_text())
@@ -600,7 +605,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     for arm, start in pretrained.items():
         for p in cfg.evaluation.synthetic_only:
             edir = out / f"05-evaluate-{arm}-pretrain-{p}"
-            bb = ComponentSpec(name="matcher", options={"path": str(start.resolve())})
+            bb = _eval_spec(cfg, "matcher", path=str(start.resolve()))
             ec = _evaluate_config(cfg, data["test"], bb, p, first.get(p), edir)
             stage(f"evaluate ({arm} pretrain only, {p})", edir, ec, evaluate.run)
             alone.setdefault(arm, {})[p] = json.loads((edir / "report.json").read_text())

@@ -170,6 +170,15 @@ def _matcher_config(cfg: Config, arm: str, train_spec: dict | None, gen_manifest
     })
 
 
+def _eval_spec(cfg: Config, name: str, **options) -> ComponentSpec:
+    """The backbone an evaluation stage embeds with; ``evaluation.flip_fusion`` where it has the option."""
+    from ..plugins import get_registries
+
+    if cfg.evaluation.flip_fusion and "flip_fusion" in get_registries().backbone.get(name).config_cls.model_fields:
+        options["flip_fusion"] = True
+    return ComponentSpec(name=name, options=options)
+
+
 def _evaluate_config(cfg: Config, test_spec: dict, backbone: ComponentSpec, protocol: str,
                      baseline: Path | None, out: Path):
     from .evaluate import Config as E
