@@ -156,3 +156,21 @@ def test_identity_loss_is_recorded_and_needs_a_torch_backbone(tmp_path):
     with pytest.raises(ConfigError, match="identity_loss.backbone 'hog'"):
         bad.fit(sketches, bad.encode_conditions(photos, styles), out=tmp_path / "b", steps=1, batch_size=4,
                 progress=False)
+
+
+def test_identity_loss_refuses_a_recogniser_that_embeds_everyone_alike(tmp_path, monkeypatch):
+    import torch
+
+    photos, sketches, styles = synth_pairs()
+    gen = get_registries().generator.build("diffusion", spatial_options(
+        identity_loss={"weight": 0.5, "max_timestep": 1000, "backbone": TINY_IR}))
+    conds = gen.encode_conditions(photos, styles)
+    # one embedding for every face (as the shipped mfn_human nearly gives): spread 0
+    same = torch.nn.functional.normalize(torch.ones(1, 8), dim=1)
+    monkeypatch.setattr(type(gen), "_identity_embed", lambda self, x: same.expand(len(x), -1))
+    with pytest.raises(ConfigError, match=r"embeds the training sketches alike: 1 - mean cosine .* is 0\.0000"):
+        gen.fit(sketches, conds, out=tmp_path / "a", steps=1, batch_size=4, checkpoint_every=0, progress=False)
+    assert not (tmp_path / "a" / "checkpoints").exists() or not any((tmp_path / "a" / "checkpoints").iterdir())
+    gen.config.identity_loss.min_spread = 0.0  # the check is off: it trains
+    r = gen.fit(sketches, conds, out=tmp_path / "b", steps=1, batch_size=4, checkpoint_every=0, progress=False)
+    assert r["history"][-1]["identity_loss"] == pytest.approx(0.0, abs=1e-6)
