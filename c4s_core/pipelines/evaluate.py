@@ -375,10 +375,10 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     def num(x):
         return None if not np.isfinite(x) else round(float(x), 6)
 
-    lines = [json.dumps({"i": i, "probe": probe_ids[i], "path": probes[pkeep[i]].path,
-                         "subset": labels[i] if source else None, "rank": int(res.ranks[i]),
-                         "mate_score": num(res.mate_score[i]), "top_score": num(res.top_score[i])})
-             for i in range(n_p)]
+    probe_records = [{"i": i, "probe": probe_ids[i], "path": probes[pkeep[i]].path,
+                      "subset": labels[i] if source else None, "rank": int(res.ranks[i]),
+                      "mate_score": num(res.mate_score[i]), "top_score": num(res.top_score[i])} for i in range(n_p)]
+    lines = [json.dumps(r) for r in probe_records]
     atomic_write_bytes(out / "probes.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
 
     # worst failures: lowest mate rank first, then largest (top wrong - mate) margin
@@ -416,7 +416,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         # an earlier evaluation of the same probes: the difference probe by probe, with its interval
         from .experiment_report import _paired_difference
 
-        paired = _paired_difference([json.loads(ln) for ln in lines], read_probes(config.baseline.parent),
+        paired = _paired_difference(probe_records, read_probes(config.baseline.parent),
                                     f"{config.backbone.name} - baseline", config.bootstrap, config.bootstrap_seed)
     if base_file is not None:
         verdict, sentence = rp.compare_sentence(report, base_file)
