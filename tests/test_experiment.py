@@ -615,11 +615,21 @@ def test_flip_fusion_reaches_every_evaluation_with_the_option(finished, tmp_path
     shutil.copytree(res["out"], copy, ignore=lambda d, names: [n for n in names if n.startswith("05-")])
     ev = cfg.evaluation.model_copy(update={"flip_fusion": True, "protocols": ["aligned"]})
     res2 = ex.run(cfg.model_copy(update={"out": copy, "resume": True, "evaluation": ev}), progress=False)
-    for name in ("hog", "real"):
-        opts = yaml.safe_load((copy / f"05-evaluate-{name}-aligned" / "config.yaml").read_text())["backbone"]["options"]
-        assert opts["flip_fusion"] is True
+    opts = yaml.safe_load((copy / "05-evaluate-real-aligned" / "config.yaml").read_text())["backbone"]["options"]
+    assert opts["flip_fusion"] is True
+    # a baseline stays plain unless flip_baselines names it
+    hog = yaml.safe_load((copy / "05-evaluate-hog-aligned" / "config.yaml").read_text())["backbone"]
+    assert "flip_fusion" not in (hog.get("options") or {})
     assert "04-matcher-real" in res2["skipped_stages"]  # only the evaluations run again
-    assert "embedded together with its mirror image" in (copy / "report.md").read_text()
+    assert "the baselines embed plainly" in (copy / "report.md").read_text()
+    ev = ev.model_copy(update={"flip_baselines": ["hog"]})
+    shutil.rmtree(copy / "05-evaluate-hog-aligned")  # resume refuses a stage finished with other settings
+    ex.run(cfg.model_copy(update={"out": copy, "resume": True, "evaluation": ev}), progress=False)
+    hog = yaml.safe_load((copy / "05-evaluate-hog-aligned" / "config.yaml").read_text())["backbone"]
+    assert hog["options"]["flip_fusion"] is True
+    assert "and by hog" in (copy / "report.md").read_text()
+    with pytest.raises(ValueError, match=r"flip_baselines \['dlib_r29'\] are not in baselines"):
+        ex.Evaluation(baselines=["hog"], flip_baselines=["dlib_r29"])
     # the plain run's stages never saw the option (their hashes are unchanged)
     plain = yaml.safe_load((Path(res["out"]) / "05-evaluate-hog-aligned" / "config.yaml").read_text())
     assert "flip_fusion" not in (plain["backbone"].get("options") or {})

@@ -211,8 +211,11 @@ class Evaluation(C4SModel):
     bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrap resamples (the same draws for every arm).")
     flip_fusion: bool = Field(
         False, description="Embed each probe and gallery image and its mirror image, summed (AdaFace's evaluation "
-        "habit), with every arm and every baseline that has the option (hog and the torch backbones; "
-        "dlib_resnet has not).")
+        "habit), with every arm's matcher, and with the baselines named in flip_baselines.")
+    flip_baselines: list[str] = Field(
+        default_factory=list, description="Baselines flip-fused too under flip_fusion (those with the option: hog "
+        "and the torch backbones; dlib_resnet has not). None by default: a baseline is shown at its plain best "
+        "(flip fusion cost HOG 12-13 points rank-1, session 12).")
     synthetic_only: list[Protocol] = Field(
         default_factory=list, description="Protocols on which each synthetic arm's matcher after pretraining on its "
         "generated set alone (04-matcher-ARM-pretrain, before any real sketch) is also evaluated: what the set "
@@ -238,6 +241,13 @@ class Evaluation(C4SModel):
         if extra:
             raise ValueError(f"synthetic_only {extra} are not in protocols {self.protocols}: each figure is read "
                              "beside the arms' own")
+        return self
+
+    @model_validator(mode="after")
+    def _flip_baselines_listed(self):
+        extra = [b for b in self.flip_baselines if b not in self.baselines]
+        if extra:
+            raise ValueError(f"flip_baselines {extra} are not in baselines {self.baselines}")
         return self
 
     @field_validator("baselines")
@@ -586,7 +596,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     for name in cfg.evaluation.baselines:
         for p in probes:
             edir = out / f"05-evaluate-{name}-{p}"
-            ec = _evaluate_config(cfg, data["test"], _eval_spec(cfg, name), p, None, edir)
+            ec = _evaluate_config(cfg, data["test"], _eval_spec(cfg, name, flip=name in cfg.evaluation.flip_baselines),
+                                  p, None, edir)
             stage(f"evaluate ({name}, {p})", edir, ec, evaluate.run, legacy="rerun")
             reports.setdefault(name, {})[p] = json.loads((edir / "report.json").read_text())
             per_probe.setdefault(name, {})[p] = evaluate.read_probes(edir)

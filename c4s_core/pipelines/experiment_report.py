@@ -251,8 +251,9 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
          + f". Budget: {budget['images_per_epoch']} images per epoch x {cfg.matcher.epochs} epochs = "
          f"{budget['steps']} optimizer steps per arm (batch {cfg.matcher.batch_size})."
          + (" All images grey." if ev.grayscale else "")
-         + (" Every image is embedded together with its mirror image, the two summed, by every arm and every "
-            "baseline with that option (evaluation.flip_fusion)." if ev.flip_fusion else "")
+         + (" Every image is embedded together with its mirror image, the two summed, by every arm's matcher"
+            + (f" and by {', '.join(ev.flip_baselines)}" if ev.flip_baselines else "; the baselines embed plainly")
+            + " (evaluation.flip_fusion)." if ev.flip_fusion else "")
          + (f" Every batch also holds {cfg.matcher.negatives} photos of the new identities' "
             f"{data['identities'].get('negatives')} people as extra negatives (matcher.negatives)."
             if cfg.matcher.negatives else "")

@@ -170,11 +170,13 @@ def _matcher_config(cfg: Config, arm: str, train_spec: dict | None, gen_manifest
     })
 
 
-def _eval_spec(cfg: Config, name: str, **options) -> ComponentSpec:
-    """The backbone an evaluation stage embeds with; ``evaluation.flip_fusion`` where it has the option."""
+def _eval_spec(cfg: Config, name: str, flip: bool = True, **options) -> ComponentSpec:
+    """The backbone an evaluation stage embeds with; ``evaluation.flip_fusion`` where ``flip``
+    and the backbone has the option."""
     from ..plugins import get_registries
 
-    if cfg.evaluation.flip_fusion and "flip_fusion" in get_registries().backbone.get(name).config_cls.model_fields:
+    if (cfg.evaluation.flip_fusion and flip
+            and "flip_fusion" in get_registries().backbone.get(name).config_cls.model_fields):
         options["flip_fusion"] = True
     return ComponentSpec(name=name, options=options)
 
