@@ -169,3 +169,22 @@ def test_claim_config_reuses_pretrained_real_and_trained_generators():
     assert set(claim.styles) == {"cufs", "fs2k_0", "fs2k_1", "fs2k_2"} and claim.styles_per_identity == 2
     cfg = ex._generate_config(claim, "diffusion", Path("g"), Path("o"), condition_size=150)
     assert (cfg.strength, cfg.start_style, cfg.condition_size) == (claim.strength, "pencil", 150)
+
+
+def test_claim_neg_config_is_the_claim_plus_the_stronger_recipe():
+    """claim-neg.yaml differs from claim-pretrained.yaml only by what its header
+    names: negatives from all 4,000 UTK people (600 drawn), flip fusion for the
+    arms (baselines plain), the pretrain design, the 3,000-step generator and
+    its style-guided pencil start."""
+    claim = load_config(ex.Config, ROOT / "examples/experiments/claim-pretrained.yaml")
+    neg = load_config(ex.Config, ROOT / "examples/experiments/claim-neg.yaml")
+    changed = {f for f in ex.Config.model_fields if getattr(claim, f) != getattr(neg, f)}
+    assert changed == {"out", "new_identities", "new_limit", "matcher", "evaluation", "trained_generators",
+                       "guidance", "strength"}
+    assert neg.matcher.negatives == 48 and neg.matcher.synthetic_use == "pretrain"
+    assert neg.matcher.model_copy(update={"negatives": 0, "synthetic_use": "mix"}) == claim.matcher
+    assert neg.evaluation.flip_fusion and neg.evaluation.flip_baselines == []
+    assert neg.evaluation.model_copy(update={"flip_fusion": False}) == claim.evaluation
+    assert neg.new_identities.options["limit"] == 4000 and neg.new_limit == 600
+    assert neg.trained_generators["gan"] == claim.trained_generators["gan"]
+    assert neg.guidance == {"identity": 2.0, "style": 3.0} and neg.strength == 0.4
