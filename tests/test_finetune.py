@@ -113,6 +113,40 @@ def test_finetune_with_negative_photos_of_strangers(tmp_path):
     assert any(not np.array_equal(runs[0][n], runs[4][n]) for n in runs[0])
 
 
+def test_hardest_negatives_are_the_strangers_nearest_to_any_sketch():
+    sketches = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), dim=1)
+    cands = torch.nn.functional.normalize(torch.tensor(
+        [[0.0, 0.0, 1.0], [0.9, 0.1, 0.0], [0.1, 0.0, 1.0], [0.0, 1.0, 0.2], [-1.0, 0.0, 0.0]]), dim=1)
+    # nearest to sketch 0: row 1; to sketch 1: row 3; the rest are far from both
+    assert tm._hardest(sketches, cands, 2).tolist() == [1, 3]
+    assert tm._hardest(sketches, cands, 9).tolist()[:2] == [1, 3]  # k above the pool: every row, hardest first
+    with pytest.raises(ValueError, match="set pair_negatives too"):
+        tm.Config(negatives_pool=4, loss="pairs")
+
+
+def test_finetune_mines_hard_negatives_among_a_larger_draw(tmp_path, monkeypatch):
+    strangers = ('{dataset: {name: synthfaces, options: {num_identities: 12, size: 64, images_per_identity: 1, '
+                 'sketches_per_identity: 1, seed: 5, prefix: other}}, modality: photo}')
+    data = DATA.replace("}}]", "}}, " + strangers + "]")
+    picked = []
+    real_hardest = tm._hardest
+
+    def spy(sk, cand, k):
+        picked.append((len(sk), len(cand), k))
+        return real_hardest(sk, cand, k)
+
+    monkeypatch.setattr(tm, "_hardest", spy)
+    out = tmp_path / "mined"
+    res = run_cli("train-matcher", "--out", out, "--no-progress", *SETS, "--set", data, "--set", "epochs=1",
+                  "--set", "pair_negatives=3", "--set", "negatives_pool=4")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["finished"] and np.isfinite(summary["history"][0]["loss"])
+    # every step: its sketches (batch 8 = 4 pairs; the last step fewer) against 3 x 4 drawn strangers, keeping 3
+    assert picked[0] == (4, 12, 3) and all(1 <= p[0] <= 4 and p[1:] == (12, 3) for p in picked)
+    assert json.loads((out / "run.json").read_text())["config"]["negatives_pool"] == 4
+
+
 def test_odd_batch_size_is_refused_with_pairs():
     with pytest.raises(ValueError, match="batch_size must be even"):
         tm.Config(loss="pairs", batch_size=7)

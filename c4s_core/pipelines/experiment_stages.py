@@ -94,7 +94,8 @@ def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path, 
 # stage-config fields added after experiments were run, and the values that mean
 # "as before" (None: any value; the stage is rerun, see experiment.run's `legacy`)
 _ADDED_FIELDS: dict[str, Any] = {"val_data": [], "bootstrap": None, "bootstrap_seed": None, "strength": 1.0,
-                                 "start_style": None, "pair_negatives": 0}
+                                 "start_style": None, "pair_negatives": 0,
+                                 "negatives_pool": 1}
 
 
 def _stage_hash(stage_cfg, out: Path | None = None, legacy: bool = False) -> str:

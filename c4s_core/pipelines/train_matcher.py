@@ -51,7 +51,7 @@ from ..matcher_folder import MATCHER_FORMAT, MATCHER_FORMAT_VERSION, read_matche
 # fields that may change between a run and its --resume
 RESUMABLE_CHANGES = ("resume", "epochs", "stop_after")
 # fields added after runs were saved, and the value that means "as before"
-ADDED_FIELDS: dict[str, Any] = {"val_data": [], "pair_negatives": 0}
+ADDED_FIELDS: dict[str, Any] = {"val_data": [], "pair_negatives": 0, "negatives_pool": 1}
 
 
 class DataSource(C4SModel):
@@ -116,6 +116,10 @@ class Config(C4SModel):
         "unlabelled faces of other people) added to every batch as extra negatives of each sketch; they have no "
         "sketch, so they are never positives. Teaches sketches to stay away from photos of strangers, as in a "
         "gallery with distractors. 0: none.")
+    negatives_pool: int = Field(
+        1, ge=1, le=64, description="Hard negatives: draw pair_negatives x this many strangers' photos per step, "
+        "embed them and the step's sketches without gradients, and keep the pair_negatives photos nearest to any "
+        "of those sketches (the strangers a gallery would rank first). 1: a random draw, no mining.")
     backbone_lr_scale: float = Field(
         1.0, gt=0.0, le=10.0, description="Backbone learning rate as a share of lr (the head trains at lr); "
         "below 1 keeps a pretrained backbone near its start."
@@ -159,6 +163,9 @@ class Config(C4SModel):
         if self.pair_negatives and self.loss == "margin":
             raise ValueError(f"pair_negatives={self.pair_negatives} needs loss 'pairs' or 'margin+pairs' (they are "
                              "negatives of the pairs loss), got loss 'margin'")
+        if self.negatives_pool > 1 and not self.pair_negatives:
+            raise ValueError(f"negatives_pool={self.negatives_pool} mines among pair_negatives' photos: set "
+                             "pair_negatives too")
         if self.pair_negatives and not any(d.modality == "photo" for d in self.data):
             raise ValueError(f"pair_negatives={self.pair_negatives} draws from the data sources with `modality: "
                              "photo`, and `data` has none; add one (e.g. a folder of other people's photos)")
@@ -294,6 +301,15 @@ def _epoch_negatives(pool, steps: int, k: int, seed: int, epoch: int):
 
     rng = np.random.default_rng([0x4E6A, seed, epoch])
     return np.stack([rng.choice(pool, k, replace=len(pool) < k) for _ in range(steps)]) if steps else np.zeros((0, k), int)
+
+
+def _hardest(sketches, candidates, k: int):
+    """Indices of the ``k`` rows of ``candidates`` (unit embeddings) most similar
+    to any row of ``sketches``, most similar first."""
+    import torch
+
+    sim = (sketches @ candidates.T).amax(dim=0)
+    return torch.topk(sim, min(k, len(candidates))).indices
 
 
 def _pairs_loss(z, y, temperature: float, negatives: int = 0):
@@ -607,6 +623,24 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
 
     net = dist.wrap_ddp(Net(), device)
     images_t = torch.from_numpy(images)  # N, H, W, 3 uint8
+
+    def mine_negatives(sketch_idx, cand_idx):
+        """Positions in ``cand_idx`` of the k_neg strangers nearest to the step's
+        sketches, embedded as they are (no augmentation), in eval mode so that
+        the mining moves no BatchNorm statistics."""
+        def embed(rows):
+            x = backbone.to_input(images_t[torch.from_numpy(rows)].permute(0, 3, 1, 2).float().div_(255.0))
+            with amp:
+                feat = model(x.to(device))
+            return F.normalize(feat.float(), dim=1)
+
+        model.eval()
+        try:
+            with torch.no_grad():
+                keep = _hardest(embed(sketch_idx), embed(cand_idx), k_neg)
+        finally:
+            model.train()
+        return keep.cpu().numpy()
     ran = 0
     summary_epoch = start_epoch
     for epoch in range(start_epoch, config.epochs):
@@ -620,13 +654,17 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
         losses = []
         bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not show, unit="step")
-        negs = _epoch_negatives(neg_pool, len(bar), k_neg, config.seed, epoch) if k_neg else None
+        negs = (_epoch_negatives(neg_pool, len(bar), k_neg * config.negatives_pool, config.seed, epoch)
+                if k_neg else None)
         for j, b in enumerate(bar):
             idx = order[b:b + config.batch_size]
             if len(idx) < max(2, world):  # BatchNorm needs two samples; each rank one
                 continue
             if negs is not None:  # single process (pairs): the extra photos go after the pairs
-                idx = np.concatenate([idx, negs[j]])
+                cand = negs[j]
+                if config.negatives_pool > 1:
+                    cand = cand[mine_negatives(idx[1::2], cand)]
+                idx = np.concatenate([idx, cand])
             part = dist.batch_part(len(idx), ctx.rank, world)
             mine = idx[part.rows]
             x = images_t[torch.from_numpy(mine)].permute(0, 3, 1, 2).float().div_(255.0)
