@@ -173,7 +173,7 @@ def test_claim_config_reuses_pretrained_real_and_trained_generators():
 
 def test_claim_neg_config_is_the_claim_plus_the_stronger_recipe():
     """claim-neg.yaml differs from claim-pretrained.yaml only by what its header
-    names: negatives from all 4,000 UTK people (600 drawn), flip fusion for the
+    names: hard negatives from all 4,000 UTK people (600 drawn), flip fusion for the
     arms (baselines plain), the pretrain design, the 3,000-step generator and
     its style-guided pencil start."""
     claim = load_config(ex.Config, ROOT / "examples/experiments/claim-pretrained.yaml")
@@ -182,7 +182,9 @@ def test_claim_neg_config_is_the_claim_plus_the_stronger_recipe():
     assert changed == {"out", "new_identities", "new_limit", "matcher", "evaluation", "trained_generators",
                        "guidance", "strength"}
     assert neg.matcher.negatives == 48 and neg.matcher.synthetic_use == "pretrain"
-    assert neg.matcher.model_copy(update={"negatives": 0, "synthetic_use": "mix"}) == claim.matcher
+    assert neg.matcher.options["negatives_pool"] == 4
+    plain = {k: v for k, v in neg.matcher.options.items() if k != "negatives_pool"}
+    assert neg.matcher.model_copy(update={"negatives": 0, "synthetic_use": "mix", "options": plain}) == claim.matcher
     assert neg.evaluation.flip_fusion and neg.evaluation.flip_baselines == []
     assert neg.evaluation.model_copy(update={"flip_fusion": False}) == claim.evaluation
     assert neg.new_identities.options["limit"] == 4000 and neg.new_limit == 600
