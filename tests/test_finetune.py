@@ -120,6 +120,10 @@ def test_hardest_negatives_are_the_strangers_nearest_to_any_sketch():
     # nearest to sketch 0: row 1; to sketch 1: row 3; the rest are far from both
     assert tm._hardest(sketches, cands, 2).tolist() == [1, 3]
     assert tm._hardest(sketches, cands, 9).tolist()[:2] == [1, 3]  # k above the pool: every row, hardest first
+    # a sketch's own person's photo (row 1, the nearest) is no stranger: it is ranked last
+    own = torch.tensor([False, True, False, False, False])
+    assert tm._hardest(sketches, cands, 2, own).tolist() == [3, 2]
+    assert tm._hardest(sketches, cands, 5, own).tolist()[-1] == 1
     with pytest.raises(ValueError, match="set pair_negatives too"):
         tm.Config(negatives_pool=4, loss="pairs")
 
@@ -131,9 +135,10 @@ def test_finetune_mines_hard_negatives_among_a_larger_draw(tmp_path, monkeypatch
     picked = []
     real_hardest = tm._hardest
 
-    def spy(sk, cand, k):
-        picked.append((len(sk), len(cand), k))
-        return real_hardest(sk, cand, k)
+    def spy(sk, cand, k, own):
+        keep = real_hardest(sk, cand, k, own)
+        picked.append((len(sk), len(cand), k, int(own.sum()), int(own[keep].sum())))
+        return keep
 
     monkeypatch.setattr(tm, "_hardest", spy)
     out = tmp_path / "mined"
@@ -142,9 +147,34 @@ def test_finetune_mines_hard_negatives_among_a_larger_draw(tmp_path, monkeypatch
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert summary["finished"] and np.isfinite(summary["history"][0]["loss"])
-    # every step: its sketches (batch 8 = 4 pairs; the last step fewer) against 3 x 4 drawn strangers, keeping 3
-    assert picked[0] == (4, 12, 3) and all(1 <= p[0] <= 4 and p[1:] == (12, 3) for p in picked)
+    # every step: its sketches (batch 8 = 4 pairs; the last step fewer) against 3 x 4 drawn strangers, keeping 3;
+    # none of them is one of the step's people
+    assert picked[0] == (4, 12, 3, 0, 0) and all(1 <= p[0] <= 4 and p[1:] == (12, 3, 0, 0) for p in picked)
     assert json.loads((out / "run.json").read_text())["config"]["negatives_pool"] == 4
+
+
+def test_mining_skips_photos_of_the_steps_own_people(tmp_path, monkeypatch):
+    """A synthetic arm's people are also in the stranger pool (the experiment
+    draws both from faces_utk): a step whose draw holds one of its own
+    sketches' people keeps other photos, which are the negatives."""
+    same = ('{dataset: {name: synthfaces, options: {num_identities: 10, size: 64, images_per_identity: 1, '
+            'sketches_per_identity: 0}}, modality: photo}')
+    data = DATA.replace("}}]", "}}, " + same + "]")
+    picked = []
+    real_hardest = tm._hardest
+
+    def spy(sk, cand, k, own):
+        keep = real_hardest(sk, cand, k, own)
+        picked.append((int(own.sum()), int(own[keep].sum()), len(cand)))
+        return keep
+
+    monkeypatch.setattr(tm, "_hardest", spy)
+    res = run_cli("train-matcher", "--out", tmp_path / "own", "--no-progress", *SETS, "--set", data,
+                  "--set", "epochs=2", "--set", "pair_negatives=2", "--set", "negatives_pool=4")
+    assert res.exit_code == 0, res.output
+    assert any(n_own for n_own, _, _ in picked)  # 8 drawn of 10 people's photos: a step's own are among them
+    # kept: only strangers wherever the draw held enough of them
+    assert all(kept == max(0, 2 - (n - n_own)) for n_own, kept, n in picked)
 
 
 def test_odd_batch_size_is_refused_with_pairs():

@@ -119,7 +119,8 @@ class Config(C4SModel):
     negatives_pool: int = Field(
         1, ge=1, le=64, description="Hard negatives: draw pair_negatives x this many strangers' photos per step, "
         "embed them and the step's sketches without gradients, and keep the pair_negatives photos nearest to any "
-        "of those sketches (the strangers a gallery would rank first). 1: a random draw, no mining.")
+        "of those sketches (the strangers a gallery would rank first), never a photo of the step's own people. 1: a "
+        "random draw, no mining.")
     backbone_lr_scale: float = Field(
         1.0, gt=0.0, le=10.0, description="Backbone learning rate as a share of lr (the head trains at lr); "
         "below 1 keeps a pretrained backbone near its start."
@@ -303,12 +304,16 @@ def _epoch_negatives(pool, steps: int, k: int, seed: int, epoch: int):
     return np.stack([rng.choice(pool, k, replace=len(pool) < k) for _ in range(steps)]) if steps else np.zeros((0, k), int)
 
 
-def _hardest(sketches, candidates, k: int):
+def _hardest(sketches, candidates, k: int, own=None):
     """Indices of the ``k`` rows of ``candidates`` (unit embeddings) most similar
-    to any row of ``sketches``, most similar first."""
+    to any row of ``sketches``, most similar first. ``own`` (bool per candidate):
+    photos of the sketches' own people, ranked last; the pairs loss would mask
+    them, and being the nearest they would otherwise take the hardest slots."""
     import torch
 
     sim = (sketches @ candidates.T).amax(dim=0)
+    if own is not None:
+        sim = sim.masked_fill(own.to(sim.device), float("-inf"))
     return torch.topk(sim, min(k, len(candidates))).indices
 
 
@@ -627,7 +632,9 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
     def mine_negatives(sketch_idx, cand_idx):
         """Positions in ``cand_idx`` of the k_neg strangers nearest to the step's
         sketches, embedded as they are (no augmentation), in eval mode so that
-        the mining moves no BatchNorm statistics."""
+        the mining moves no BatchNorm statistics. A synthetic set's people are
+        also in the stranger pool: their own photos are not strangers."""
+        own = torch.from_numpy(np.isin(labels[cand_idx], labels[sketch_idx]))
         def embed(rows):
             x = backbone.to_input(images_t[torch.from_numpy(rows)].permute(0, 3, 1, 2).float().div_(255.0))
             with amp:
@@ -637,7 +644,7 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
         model.eval()
         try:
             with torch.no_grad():
-                keep = _hardest(embed(sketch_idx), embed(cand_idx), k_neg)
+                keep = _hardest(embed(sketch_idx), embed(cand_idx), k_neg, own)
         finally:
             model.train()
         return keep.cpu().numpy()
