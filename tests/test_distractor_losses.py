@@ -40,3 +40,19 @@ def test_refuses_evaluations_of_different_probes(tmp_path):
     _write(tmp_path / "05-evaluate-real-distractors", {"fs2k_b": 1})
     with pytest.raises(SystemExit, match="ranked different probes"):
         _module().losses(tmp_path, "real")
+
+
+def test_groups_by_a_column_of_a_table_keyed_by_probe_name(tmp_path):
+    """--by pairs.csv:sketch_style: FS2K's artists as groups; names the table
+    lacks (CUFS) fall back to the name pattern."""
+    _write(tmp_path / "05-evaluate-real-perturbed", {"fs2k_a": 1, "fs2k_b": 1, "fs2k_c": 1, "AR_1": 1})
+    _write(tmp_path / "05-evaluate-real-forensic", {"fs2k_a": 4, "fs2k_b": 1, "fs2k_c": 1, "AR_1": 1})
+    table = tmp_path / "pairs.csv"
+    table.write_text("name,sketch_style\nfs2k_a,0\nfs2k_b,1\nfs2k_c,0\n")
+    mod = _module()
+    rows = mod.losses(tmp_path, "real", groups=mod.read_groups(f"{table}:sketch_style"))["perturbed->forensic"]
+    assert set(rows) == {"sketch_style=0", "sketch_style=1", "other"}
+    assert rows["sketch_style=0"]["probes"] == 2 and rows["sketch_style=0"]["lost_to_distractors"] == 1
+    assert rows["sketch_style=0"]["rank1_forensic"] == 0.5 and rows["sketch_style=1"]["rank1_forensic"] == 1.0
+    with pytest.raises(SystemExit, match="needs a 'name' and a 'artist' column"):
+        mod.read_groups(f"{table}:artist")
