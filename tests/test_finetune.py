@@ -128,10 +128,8 @@ def test_hardest_negatives_are_the_strangers_nearest_to_any_sketch():
         tm.Config(negatives_pool=4, loss="pairs")
 
 
-def test_finetune_mines_hard_negatives_among_a_larger_draw(tmp_path, monkeypatch):
-    strangers = ('{dataset: {name: synthfaces, options: {num_identities: 12, size: 64, images_per_identity: 1, '
-                 'sketches_per_identity: 1, seed: 5, prefix: other}}, modality: photo}')
-    data = DATA.replace("}}]", "}}, " + strangers + "]")
+def _spy_mining(monkeypatch) -> list[tuple]:
+    """Record (sketches, candidates, k, own candidates, own kept) for every mining call."""
     picked = []
     real_hardest = tm._hardest
 
@@ -141,6 +139,14 @@ def test_finetune_mines_hard_negatives_among_a_larger_draw(tmp_path, monkeypatch
         return keep
 
     monkeypatch.setattr(tm, "_hardest", spy)
+    return picked
+
+
+def test_finetune_mines_hard_negatives_among_a_larger_draw(tmp_path, monkeypatch):
+    strangers = ('{dataset: {name: synthfaces, options: {num_identities: 12, size: 64, images_per_identity: 1, '
+                 'sketches_per_identity: 1, seed: 5, prefix: other}}, modality: photo}')
+    data = DATA.replace("}}]", "}}, " + strangers + "]")
+    picked = _spy_mining(monkeypatch)
     out = tmp_path / "mined"
     res = run_cli("train-matcher", "--out", out, "--no-progress", *SETS, "--set", data, "--set", "epochs=1",
                   "--set", "pair_negatives=3", "--set", "negatives_pool=4")
@@ -160,21 +166,13 @@ def test_mining_skips_photos_of_the_steps_own_people(tmp_path, monkeypatch):
     same = ('{dataset: {name: synthfaces, options: {num_identities: 10, size: 64, images_per_identity: 1, '
             'sketches_per_identity: 0}}, modality: photo}')
     data = DATA.replace("}}]", "}}, " + same + "]")
-    picked = []
-    real_hardest = tm._hardest
-
-    def spy(sk, cand, k, own):
-        keep = real_hardest(sk, cand, k, own)
-        picked.append((int(own.sum()), int(own[keep].sum()), len(cand)))
-        return keep
-
-    monkeypatch.setattr(tm, "_hardest", spy)
+    picked = _spy_mining(monkeypatch)
     res = run_cli("train-matcher", "--out", tmp_path / "own", "--no-progress", *SETS, "--set", data,
                   "--set", "epochs=2", "--set", "pair_negatives=2", "--set", "negatives_pool=4")
     assert res.exit_code == 0, res.output
-    assert any(n_own for n_own, _, _ in picked)  # 8 drawn of 10 people's photos: a step's own are among them
+    assert any(n_own for *_, n_own, _ in picked)  # 8 drawn of 10 people's photos: a step's own are among them
     # kept: only strangers wherever the draw held enough of them
-    assert all(kept == max(0, 2 - (n - n_own)) for n_own, kept, n in picked)
+    assert all(kept == max(0, k - (n - n_own)) for _, n, k, n_own, kept in picked)
 
 
 def test_odd_batch_size_is_refused_with_pairs():
