@@ -15,6 +15,8 @@ equal sizes compare). It reports, for both:
 - diversity in the judge's space: mean ``1 - cosine`` between sketches of one
   identity (generated) beside the mean between sketches of different
   identities (both sets): copies of one sketch give 0 within;
+- the same rank figures per style (``by_style``): each style's sketches
+  against the whole gallery, generated beside real sketches of that style;
 - style accuracy: a nearest-centroid classifier on stroke statistics
   (:func:`stroke_features`) fitted on the real sketches names the style of each
   generated sketch; its own accuracy on held-out real sketches beside it.
@@ -175,17 +177,38 @@ def judge_set(
     rp_ids = [d for d in sorted(real_keep) for _ in real_photos[d]]
     e_rp = _embed(judge, [p for d in sorted(real_keep) for p in real_photos[d]], grey)
     dis_ids = [f"distractor/{k}" for k in range(len(e_dis))]
+    gal_g = (np.concatenate([e_ref, e_dis]), ref_ids + dis_ids)
+    gal_r = (np.concatenate([e_rp, e_dis]), rp_ids + dis_ids)
+    probes_g = (e_gen[gi], [g_ids[k] for k in gi], [g_st[k] for k in gi])
+    probes_r = (e_real[ri], [r_ids[k] for k in ri], [r_st[k] for k in ri])
     out: dict[str, Any] = {
         "identities": n, "distractors": len(e_dis), "grey": grey, "side": side,
-        "generated": rank_against(e_gen[gi], [g_ids[k] for k in gi], np.concatenate([e_ref, e_dis]), ref_ids + dis_ids),
-        "real": rank_against(e_real[ri], [r_ids[k] for k in ri], np.concatenate([e_rp, e_dis]), rp_ids + dis_ids),
+        "generated": rank_against(*probes_g[:2], *gal_g),
+        "real": rank_against(*probes_r[:2], *gal_r),
     }
     gr, rr = out["generated"]["rank1"], out["real"]["rank1"]
     out["rank1_ratio"] = None if not rr else gr / rr
+    out["by_style"] = _by_style(probes_g, gal_g, probes_r, gal_r)
     out["frechet_distance"] = frechet_distance(e_gen, e_real) if len(e_gen) > 1 and len(e_real) > 1 else None
     out["frechet_rows"] = [len(e_gen), len(e_real)]
     out["diversity"] = {"generated": diversity(e_gen, g_ids, seed=seed), "real": diversity(e_real, r_ids, seed=seed)}
     out["style"] = style_accuracy(g_sk, g_st, r_small, r_st, seed=seed)
+    return out
+
+
+def _by_style(gen, gen_gallery, real, real_gallery) -> dict[str, Any]:
+    """Rank figures per style: each style's probes (embeddings, identities,
+    styles) against the whole set's gallery, so every style is ranked among the
+    same identities and its ratio compares with the real sketches of that style."""
+    def figures(probes, gallery, style):
+        e, ids, st = probes
+        rows = [k for k, x in enumerate(st) if x == style]
+        return rank_against(e[rows], [ids[k] for k in rows], *gallery) if rows else None
+
+    out = {}
+    for s in sorted((set(gen[2]) | set(real[2])) - {None}, key=str):
+        g, r = figures(gen, gen_gallery, s), figures(real, real_gallery, s)
+        out[str(s)] = {"generated": g, "real": r, "rank1_ratio": g["rank1"] / r["rank1"] if g and r and r["rank1"] else None}
     return out
 
 

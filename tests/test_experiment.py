@@ -577,6 +577,11 @@ def test_judge_table_names_the_judge_it_used():
          "judge": "/runs/first/04-matcher-real/last"}
     text = "\n".join(rp._judge_table({"diffusion": j}))
     assert "`/runs/first/04-matcher-real/last`" in text and "| diffusion | 0.500 | 0.800 | 0.625 |" in text
+    assert "By style" not in text  # a judge.json from before by_style
+    j["by_style"] = {"fs2k_0": {"generated": {"rank1": 0.2}, "real": {"rank1": 0.5}, "rank1_ratio": 0.4},
+                     "pencil": {"generated": {"rank1": 0.9}, "real": None, "rank1_ratio": None}}
+    text = "\n".join(rp._judge_table({"diffusion": j}))
+    assert "| diffusion | fs2k_0 | 0.200 | 0.500 | 0.400 |" in text and "| diffusion | pencil | 0.900 | – | – |" in text
 
 
 def test_negatives_add_strangers_photos_to_every_batch(finished, tmp_path):

@@ -74,6 +74,24 @@ def test_a_judge_that_cannot_tell_people_apart_ranks_at_chance():
     assert out["style"] is None  # no styles to classify
 
 
+def test_by_style_separates_a_style_that_carries_identity_from_one_that_does_not():
+    refs = dict(zip([f"g{i}" for i in range(10)], faces(10, 1), strict=True))
+    noise = faces(10, 5)  # style "b": unrelated images, so only chance matches
+    gen = (list(refs.values()) + noise, list(refs) * 2, ["a"] * 10 + ["b"] * 10)
+    real_ph = {f"r{i}": [p] for i, p in enumerate(faces(10, 2))}
+    real = ([p[0] for p in real_ph.values()], list(real_ph), ["a"] * 5 + ["c"] * 5)
+    out = jd.judge_set(PixelJudge(), gen, refs, real, real_ph, distractors=faces(10, 4), grey=False)
+    a, b, c = (out["by_style"][k] for k in ("a", "b", "c"))
+    assert (a["generated"]["probes"], b["generated"]["probes"]) == (10, 10)
+    assert a["generated"]["gallery_identities"] == b["generated"]["gallery_identities"] == 20  # one gallery
+    assert a["generated"]["rank1"] == 1.0 and b["generated"]["rank1"] <= 0.3
+    # the whole set's rank-1 is the probe-weighted mean of its styles'
+    assert out["generated"]["rank1"] == pytest.approx((a["generated"]["rank1"] + b["generated"]["rank1"]) / 2)
+    assert a["real"]["probes"] == 5 and a["rank1_ratio"] == pytest.approx(1.0 / a["real"]["rank1"])
+    assert b["real"] is None and b["rank1_ratio"] is None  # no real sketch of style b
+    assert c["generated"] is None and c["real"]["rank1"] == 1.0
+
+
 def test_style_accuracy_names_the_style_asked_for():
     rng = np.random.default_rng(0)
     dark = [np.full((16, 16, 3), rng.integers(20, 60), np.uint8) for _ in range(20)]
@@ -114,3 +132,6 @@ def test_report_dataset_judges_a_generated_set(tmp_path):
     assert j["side"] == 32 and j["style"]["styles"] == ["line", "pencil"]
     assert (tmp_path / "rep" / "judge.png").stat().st_size > 0 and rep["figures"]["judge"] == "judge.png"
     assert "Identity fidelity" in (tmp_path / "rep" / "report.md").read_text()
+    by = j["by_style"]  # the set's styles and the real ones (line, pencil)
+    assert {"line", "pencil"} <= set(by) and sum((b["real"] or {}).get("probes", 0) for b in by.values()) == 6
+    assert "By style" in (tmp_path / "rep" / "report.md").read_text()

@@ -399,4 +399,12 @@ def _judge_table(judges: dict[str, Any]) -> list[str]:
         L.append(f"| {arm} | {f(g['rank1'])} | {f(r['rank1'])} | {f(j['rank1_ratio'])} | {f(g['rank10'])} | "
                  f"{f(g['gap'])} | {f(r['gap'])} | {f(j['frechet_distance'])} | {f((j.get('style') or {}).get('accuracy'))} | "
                  f"{f(j['diversity']['generated']['within_identity'])} |")
+    styled = {arm: j["by_style"] for arm, j in judges.items() if j.get("by_style")}
+    if styled:
+        L += ["", "By style (each style's sketches against the same gallery; real: the test sketches of that style):",
+              "", "| set | style | rank-1 | real rank-1 | ratio |", "|---|---|---|---|---|"]
+        for arm, by in styled.items():
+            for style, b in by.items():
+                L.append(f"| {arm} | {style} | {f((b['generated'] or {}).get('rank1'))} | "
+                         f"{f((b['real'] or {}).get('rank1'))} | {f(b['rank1_ratio'])} |")
     return L

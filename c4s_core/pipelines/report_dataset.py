@@ -392,6 +392,13 @@ def _markdown(r: dict) -> str:
             x = j[name]
             lines.append(f"| {name} | {x['probes']} | {f(x['rank1'])} | {f(x['rank10'])} | {f(x['genuine'])} | "
                          f"{f(x['impostor'])} | {f(x['gap'])} |")
+        if j.get("by_style"):
+            lines += ["", "By style (each style's sketches against the same gallery):", "",
+                      "| style | probes | rank-1 | real probes | real rank-1 | ratio |", "|---|---|---|---|---|---|"]
+            for style, b in j["by_style"].items():
+                g, rl = b["generated"] or {}, b["real"] or {}
+                lines.append(f"| {style} | {g.get('probes', 0)} | {f(g.get('rank1'))} | {rl.get('probes', 0)} | "
+                             f"{f(rl.get('rank1'))} | {f(b['rank1_ratio'])} |")
         st, dv = j.get("style") or {}, j["diversity"]
         lines += ["", f"Generated rank-1 / real rank-1: {f(j['rank1_ratio'])}. Fréchet distance to the real sketches "
                   f"in the judge's space: {f(j['frechet_distance'])} (rows {j['frechet_rows'][0]} / {j['frechet_rows'][1]}). "
