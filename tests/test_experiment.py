@@ -73,8 +73,12 @@ def test_four_arms_and_hog_in_one_table_and_one_plot(finished):
     matchers = [ln for ln in md[md.index("## Matchers"):md.index("## aligned")].splitlines() if ln.startswith("|")]
     assert len(matchers) == 2 + 4 and "the last epoch" in md  # no validation identities by default
     # each generated set judged by the real-only matcher, beside the real test sketches at the same gallery size
-    judge = [ln for ln in md[md.index("## Identity fidelity"):].splitlines() if ln.startswith("|")]
+    section = md[md.index("## Identity fidelity"):]
+    judge = [ln for ln in section[:section.index("By style")].splitlines() if ln.startswith("|")]
     assert len(judge) == 2 + 3 and [ln.split(" | ")[0] for ln in judge[2:]] == ["| diffusion", "| gan", "| procedural"]
+    # and per style: one row per set and style of its sketches or of the real test sketches
+    by_style = [ln for ln in section[section.index("By style"):].split("\n\n", 2)[1].splitlines() if ln.startswith("|")]
+    assert len(by_style) == 2 + sum(len(j["by_style"]) for j in res["judges"].values())
     for arm, j in res["judges"].items():
         assert j["judge"].endswith("04-matcher-real/last"), arm
         assert j["generated"]["gallery_identities"] == j["real"]["gallery_identities"], arm
