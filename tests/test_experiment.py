@@ -446,6 +446,46 @@ def test_pretrain_on_synthetic_then_fine_tune_on_real(finished, tmp_path):
                              "evaluation": {"protocols": ["aligned"], "synthetic_only": ["perturbed"]}}, "test")
 
 
+def test_detour_arm_trains_real_only_again_without_a_generated_set(finished, tmp_path):
+    """arm detour, the pretrain design's control: real-only's finished matcher fine-tuned on the
+    real data once more with real-only's budget; no generated set, no judge, its own difference row."""
+    import shutil
+
+    import yaml
+
+    from c4s_core.matcher_folder import read_matcher
+
+    cfg, res = finished
+    copy = tmp_path / "detour"
+    # procedural stays (the budget is the largest arm's data), retrained under the pretrain design
+    shutil.copytree(res["out"], copy, ignore=lambda d, names: [
+        n for n in names if re.match(r"0[2345]-.*-(diffusion|gan)|0[45]-.*-procedural", n)])
+    pre = cfg.matcher.model_copy(update={"synthetic_use": "pretrain"})
+    c2 = cfg.model_copy(update={"out": copy, "resume": True, "arms": ["real", "detour", "procedural"], "matcher": pre})
+    res2 = ex.run(c2, progress=False)
+    assert "04-matcher-real" in res2["skipped_stages"] and res2["arms"] == ["real", "detour", "procedural"]
+    assert not list(copy.glob("0[23]-*detour*")) and not (copy / "04-matcher-detour-pretrain").exists()
+    fine = yaml.safe_load((copy / "04-matcher-detour" / "config.yaml").read_text())
+    real = yaml.safe_load((copy / "04-matcher-real" / "config.yaml").read_text())
+    assert fine["data"] == real["data"] and fine["epochs"] == real["epochs"]  # real data, real-only's budget
+    assert fine["backbone"] == {"name": "matcher", "options": {"path": str((copy / "04-matcher-real" / "last").resolve())}}
+    assert read_matcher(copy / "04-matcher-detour" / "last")[1]["weights_sha256"] != \
+        read_matcher(copy / "04-matcher-real" / "last")[1]["weights_sha256"]
+    m, r = res2["matchers"]["detour"], res2["matchers"]["real"]
+    assert m["optimizer_steps"] == r["optimizer_steps"] == m["pretrain_steps"] > 0
+    assert m["pretrained_from"] == "04-matcher-real/last" and "detour" not in res2["judges"]
+    d = res2["differences"]["detour"]["real"]["aligned"]
+    assert d["difference"] == pytest.approx(res2["metrics"]["detour"]["aligned"]["rank-1"]
+                                            - res2["metrics"]["real"]["aligned"]["rank-1"])
+    md = (copy / "report.md").read_text()
+    assert f"| detour (after real-only's {r['optimizer_steps']} steps) |" in md
+    assert "aligned: detour (real-only trained again) - real-only: " in md
+    for arms, matcher in ((["detour", "procedural"], pre), (["real", "detour"], cfg.matcher)):
+        with pytest.raises(ConfigError, match="needs arm real and matcher.synthetic_use: pretrain"):
+            validate(ex.Config, {**c2.model_dump(mode="json"), "arms": arms, "matcher": matcher.model_dump(mode="json")},
+                     "test")
+
+
 def test_matcher_seed_repeats_only_the_matchers(finished, tmp_path):
     """A second seed on a copy: the data split and generated sets are reused, the matcher
     retrains with the new seed and its figures are its own."""

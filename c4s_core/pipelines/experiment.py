@@ -9,7 +9,13 @@ with the **same budget**, then evaluated on the **same** test split:
   diffusion generator trained (``diffusion_steps``) on the real pairs;
 - ``gan``: real + sketches of the same new identities by the pix2pix baseline
   (``gan_steps``, same pairs);
-- ``procedural``: real + procedural renderings of the same new identities (no training).
+- ``procedural``: real + procedural renderings of the same new identities (no training);
+- ``detour``: a control of the pretrain design (``matcher.synthetic_use:
+  pretrain``, needs ``real``): real-only's finished matcher fine-tuned once more
+  on the real data with real-only's budget. A synthetic arm's detour is its
+  pretraining on a generated set; this one's is the real data itself, so
+  detour - real-only is what a second training costs or gains without any
+  synthetic content (a restart of the schedule, twice the steps on real pairs).
 
 ``trained_generators`` swaps a generator's training stage for one trained
 outside (a train-generator run folder, its ``generator/`` or a checkpoint);
@@ -88,7 +94,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import C4SModel, ComponentSpec
 from .evaluate import Perturb
-from .experiment_data import _prealign, _prepare_data, _uses_new_identities
+from .experiment_data import SYNTHETIC, _prealign, _prepare_data, _uses_new_identities
 from .experiment_protocols import _PROTOCOL, PROTOCOLS, Protocol
 from .experiment_report import _alone, _differences, _intervals, _metrics, _plot, _report, _verdicts
 from .experiment_stages import (
@@ -104,8 +110,8 @@ from .experiment_stages import (
     _validation_split,
 )
 
-ARMS = ("real", "diffusion", "gan", "procedural")
-Arm = Literal["real", "diffusion", "gan", "procedural"]
+ARMS = ("real", "detour", "diffusion", "gan", "procedural")
+Arm = Literal["real", "detour", "diffusion", "gan", "procedural"]
 # train-generator / train-matcher fields the experiment sets itself
 _GEN_OWN = {"dataset", "generator", "steps", "out", "resume", "seed", "aligner", "stop_after"}
 _MATCHER_OWN = {"data", "aligner", "backbone", "head", "epochs", "batch_size", "lr", "device", "threads",
@@ -262,7 +268,10 @@ class Config(C4SModel):
     out: Path = Field(Path("c4s-out/experiment"), description="Output folder; one sub-folder per stage.")
     seed: int = Field(0, ge=0, description="Seed of the split, generator and matcher training, generation.")
     resume: bool = Field(False, description="Skip finished stages; continue unfinished trainings from checkpoints.")
-    arms: list[Arm] = Field(default_factory=lambda: list(ARMS), description="Arms to run: real, diffusion, gan, procedural.")
+    arms: list[Arm] = Field(
+        default_factory=lambda: ["real", *SYNTHETIC],
+        description="Arms to run: real, diffusion, gan, procedural; detour (a control of synthetic_use: pretrain: "
+        "real-only's matcher fine-tuned again on the real data, no synthetic set).")
     train: ComponentSpec = Field(
         default_factory=lambda: _synth(0, "tr", 50, 1),
         description="Real training pairs (photos + sketches sharing identities): few real sketches.")
@@ -347,6 +356,13 @@ class Config(C4SModel):
         if len(set(v)) != len(v):
             raise ValueError(f"arms has duplicates: {v}")
         return [a for a in ARMS if a in v]
+
+    @model_validator(mode="after")
+    def _detour(self):
+        if "detour" in self.arms and ("real" not in self.arms or self.matcher.synthetic_use != "pretrain"):
+            raise ValueError("arm detour fine-tunes real-only's matcher again, the pretrain design's control: it "
+                             "needs arm real and matcher.synthetic_use: pretrain")
+        return self
 
     @model_validator(mode="after")
     def _distractors(self):
@@ -444,9 +460,9 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     total = (1 + 3 * sum(a in ("diffusion", "gan") and a not in cfg.trained_generators for a in cfg.arms)
              + 2 * sum(a in cfg.trained_generators for a in cfg.arms) + 2 * sum(a == "procedural" for a in cfg.arms)
              + len(cfg.arms) * (1 + n_eval) + n_eval * len(cfg.evaluation.baselines)
-             + (sum(a != "real" for a in cfg.arms) if judged else 0)
-             + (sum(a != "real" for a in cfg.arms) if cfg.matcher.synthetic_use == "pretrain" else 0)
-             + sum(a != "real" for a in cfg.arms) * len(cfg.evaluation.synthetic_only))
+             + (sum(a in SYNTHETIC for a in cfg.arms) if judged else 0)
+             + (sum(a in SYNTHETIC for a in cfg.arms) if cfg.matcher.synthetic_use == "pretrain" else 0)
+             + sum(a in SYNTHETIC for a in cfg.arms) * len(cfg.evaluation.synthetic_only))
     count = [0]
     skipped: list[str] = []
 
@@ -508,7 +524,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     gen_sets: dict[str, Path] = {}
     gen_summaries: dict[str, Any] = {}
     for arm in cfg.arms:
-        if arm == "real":
+        if arm not in SYNTHETIC:
             continue
         checkpoint, csize = None, None
         if arm in cfg.trained_generators:
@@ -545,18 +561,23 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     matchers: dict[str, Path] = {}
     pretrained: dict[str, Path] = {}  # a synthetic arm's matcher before its real fine-tune (synthetic_use: pretrain)
     train_summaries: dict[str, Any] = {}
+    real_ratios = (budget["arms"]["real"]["ratios"] if "real" in budget["arms"]
+                   else [budget["images_per_epoch"] / data["matcher_train_images"]])
     for arm in cfg.arms:
         mdir = out / f"04-matcher-{arm}"
-        if arm != "real" and cfg.matcher.synthetic_use == "pretrain":
+        if arm == "detour":  # real-only's matcher (trained just before: arms run in ARMS order) once more on real
+            start = matchers["real"]
+            tm = _matcher_config(cfg, arm, data["matcher_train"], None, real_ratios, mdir, data["val"],
+                                 backbone=ComponentSpec(name="matcher", options={"path": str(start.resolve())}))
+        elif arm != "real" and cfg.matcher.synthetic_use == "pretrain":
             pdir = out / f"04-matcher-{arm}-pretrain"
             ratio = budget["images_per_epoch"] / n_synth[arm]
             tp = _matcher_config(cfg, arm, None, gen_sets[arm], [min(ratio, 100.0)], pdir, data["val"])
             stage(f"train-matcher ({arm}, pretrain on synthetic)", pdir, tp, train_matcher.run,
                   lambda d=pdir: (d / "last" / "state.json").is_file())
             start = pretrained[arm] = pdir / ("best" if data["val"] is not None else "last")
-            tm = _matcher_config(cfg, arm, data["matcher_train"], None, budget["arms"]["real"]["ratios"]
-                                 if "real" in budget["arms"] else [budget["images_per_epoch"] / data["matcher_train_images"]],
-                                 mdir, data["val"], backbone=ComponentSpec(name="matcher", options={"path": str(start.resolve())}))
+            tm = _matcher_config(cfg, arm, data["matcher_train"], None, real_ratios, mdir, data["val"],
+                                 backbone=ComponentSpec(name="matcher", options={"path": str(start.resolve())}))
         else:
             tm = _matcher_config(cfg, arm, data["matcher_train"], gen_sets.get(arm), budget["arms"][arm]["ratios"], mdir,
                                  data["val"])
@@ -571,7 +592,10 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         doc = json.loads(state.read_text()) if state.is_file() else {}
         steps = train_summaries[arm]["optimizer_steps"] = doc.get("state", doc).get("step")  # hashed or older layout
         train_summaries[arm].update(_selection(s, hist, steps, validated))
-        if arm != "real" and cfg.matcher.synthetic_use == "pretrain":
+        if arm == "detour":
+            train_summaries[arm]["pretrain_steps"] = train_summaries["real"]["optimizer_steps"]
+            train_summaries[arm]["pretrained_from"] = str(start.relative_to(out))
+        elif arm != "real" and cfg.matcher.synthetic_use == "pretrain":
             doc = json.loads((pdir / "last" / "state.json").read_text())
             train_summaries[arm]["pretrain_steps"] = doc.get("state", doc).get("step")
             train_summaries[arm]["pretrained_from"] = str(start.relative_to(out))

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ComponentSpec
 
+SYNTHETIC = ("diffusion", "gan", "procedural")  # the experiment's arms with a generated set
+
 if TYPE_CHECKING:
     from .experiment import Config
 
@@ -76,7 +78,7 @@ def _materialize(ds, keep: set[str], folder: Path, manifest: Path) -> int:
 
 def _uses_new_identities(cfg: Config) -> bool:
     """A synthetic arm draws them, or the matchers take their photos as negatives."""
-    return any(a != "real" for a in cfg.arms) or cfg.matcher.negatives > 0
+    return any(a in SYNTHETIC for a in cfg.arms) or cfg.matcher.negatives > 0
 
 
 def _prealign(cfg: Config, folder: Path, stage) -> Config:
@@ -121,7 +123,7 @@ def _prepare_data(cfg: Config, folder: Path, say) -> dict[str, Any]:
     sets = {"train": _identities(train_ds), "test": _identities(test_ds)}
     if _uses_new_identities(cfg):
         new_ids = sorted(_identities(regs.dataset.build(cfg.new_identities), "photo"))
-        if any(a != "real" for a in cfg.arms):
+        if any(a in SYNTHETIC for a in cfg.arms):
             sets["new_identities"] = set(new_ids[: cfg.new_limit] if cfg.new_limit else new_ids)
         if cfg.matcher.negatives:
             sets["negatives"] = set(new_ids)

@@ -201,7 +201,7 @@ def _sentence(arm: str, v: dict[str, Any]) -> str:
     return f"- **{arm}** " + "; it ".join(parts) + "."
 
 
-COLOURS = {"real": "tab:blue", "diffusion": "tab:red", "gan": "tab:green", "procedural": "tab:orange",
+COLOURS = {"real": "tab:blue", "detour": "tab:purple", "diffusion": "tab:red", "gan": "tab:green", "procedural": "tab:orange",
            "hog": "black", "dlib_resnet": "tab:gray"}
 
 
@@ -300,7 +300,8 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
             if arm == "real":
                 continue
             by = (diffs.get(arm) or {}).get("real", {})
-            L.append("- " + "; ".join(f"{p}: real + {arm} - real-only: {_diff_text(by.get(p))}" for p in probes))
+            shown = "detour (real-only trained again)" if arm == "detour" else f"real + {arm}"
+            L.append("- " + "; ".join(f"{p}: {shown} - real-only: {_diff_text(by.get(p))}" for p in probes))
     for b in ev.baselines:
         learnt = [a for a in cfg.arms if b in res["verdicts"][a]]
         losers = [a for a in learnt if any(d["verdict"] != "beats" for d in res["verdicts"][a][b].values())]
@@ -334,7 +335,8 @@ def _matcher_table(res: dict[str, Any], cfg: Config) -> list[str]:
          "|---|---|---|---|---|---|"]
     f = lambda x: "–" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)  # noqa: E731
     for arm, m in res["matchers"].items():
-        shown = arm + (f" (after {m['pretrain_steps']} steps on its synthetic set alone)" if m.get("pretrain_steps") else "")
+        shown = arm + ("" if not m.get("pretrain_steps") else f" (after real-only's {m['pretrain_steps']} steps)"
+                       if arm == "detour" else f" (after {m['pretrain_steps']} steps on its synthetic set alone)")
         L.append(f"| {shown} | {f(m.get('epochs_done'))} | {f(m.get('optimizer_steps'))} | {f(m.get('selected_epoch'))} | "
                  f"{f(m.get('selected_steps'))} | {f(m.get('selected_val_rank1'))} |")
     return [*L, ""]

@@ -130,14 +130,14 @@ def _budget(cfg: Config, n_real: int, n_synth: dict[str, int]) -> dict[str, Any]
     ipe = cfg.matcher.images_per_epoch or max([n_real] + [n_real + n for n in n_synth.values()])
     plan: dict[str, Any] = {}
     for arm in cfg.arms:
-        if arm == "real":
+        if arm in ("real", "detour"):  # real data alone (detour: real-only's matcher trained again)
             real = ipe
         else:
             share = cfg.matcher.real_share if cfg.matcher.real_share is not None else n_real / (n_real + n_synth[arm])
             real = int(round(share * ipe))
         syn = ipe - real
-        ratios = [real / n_real] + ([syn / n_synth[arm]] if arm != "real" else [])
-        if arm != "real" and (real < 1 or syn < 1):
+        ratios = [real / n_real] + ([syn / n_synth[arm]] if arm in n_synth else [])
+        if arm in n_synth and (real < 1 or syn < 1):
             raise ConfigError(f"arm {arm!r}: images_per_epoch={ipe} with real_share leaves {real} real and {syn} "
                               "synthetic images per epoch; raise images_per_epoch or change real_share")
         if max(ratios) > 100:
