@@ -175,6 +175,7 @@ def _kill_resume_matches_uninterrupted(tmp_path, command, sets, marker, weights,
     proc = subprocess.Popen([sys.executable, "-m", "c4s_core", command, "--out", str(run), "--no-progress", *sets],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _kill_when(proc, run, marker), "the run finished before it could be killed; make it longer"
+    (run / ".history.json.x1y2z3.tmp").write_bytes(b"{")  # as a kill mid-write leaves, whenever it lands
     res = run_cli(command, "--out", str(run), "--no-progress", "--resume", *sets)
     assert res.exit_code == 0, res.output
     wa, wb = _weights(ref / weights), _weights(run / weights)

@@ -296,12 +296,14 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict:
     from ..data.io import array_hash, resize
     from ..errors import C4SError, ConfigError, DataError
     from ..plugins import get_registries
-    from .common import prepare_out, save_run_config, write_json
+    from .common import prepare_out, remove_partial_files, save_run_config, write_json
 
     main, world = ctx.is_main, ctx.world
     per_rank = dist.per_rank_batch(config.batch_size, world)
     show = progress and main
     out = prepare_out(config.out) if main else Path(config.out)
+    if main and config.resume:
+        remove_partial_files(out)  # a killed run's half-written temp files
     # rank 0 checks (its out folder need not be shared) before anything is written
     point, err = None, None
     if main:

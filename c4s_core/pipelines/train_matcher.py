@@ -479,13 +479,15 @@ def _run(config: Config, progress: bool, ctx, device_type: str) -> dict[str, Any
     from ..errors import C4SError
     from ..plugins import get_registries
     from ..training import lr_at, rng_state, save_state, seed_everything, set_rng_state
-    from .common import prepare_out, save_run_config, write_json
+    from .common import prepare_out, remove_partial_files, save_run_config, write_json
 
     t_start = time.time()
     main, world = ctx.is_main, ctx.world
     per_rank = dist.per_rank_batch(config.batch_size, world)
     show = progress and main
     out = prepare_out(config.out) if main else Path(config.out)
+    if main and config.resume:
+        remove_partial_files(out)  # a killed run's half-written temp files (history.json mid-write)
     last_dir, best_dir = out / "last", out / "best"
     # rank 0 reads the checkpoint (its out folder need not be shared) and hands it round
     state, err = None, None
