@@ -565,10 +565,9 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
                    else [budget["images_per_epoch"] / data["matcher_train_images"]])
     for arm in cfg.arms:
         mdir = out / f"04-matcher-{arm}"
+        start = None  # the matcher this arm fine-tunes on the real data alone
         if arm == "detour":  # real-only's matcher (trained just before: arms run in ARMS order) once more on real
             start = matchers["real"]
-            tm = _matcher_config(cfg, arm, data["matcher_train"], None, real_ratios, mdir, data["val"],
-                                 backbone=ComponentSpec(name="matcher", options={"path": str(start.resolve())}))
         elif arm != "real" and cfg.matcher.synthetic_use == "pretrain":
             pdir = out / f"04-matcher-{arm}-pretrain"
             ratio = budget["images_per_epoch"] / n_synth[arm]
@@ -576,6 +575,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
             stage(f"train-matcher ({arm}, pretrain on synthetic)", pdir, tp, train_matcher.run,
                   lambda d=pdir: (d / "last" / "state.json").is_file())
             start = pretrained[arm] = pdir / ("best" if data["val"] is not None else "last")
+        if start is not None:
             tm = _matcher_config(cfg, arm, data["matcher_train"], None, real_ratios, mdir, data["val"],
                                  backbone=ComponentSpec(name="matcher", options={"path": str(start.resolve())}))
         else:

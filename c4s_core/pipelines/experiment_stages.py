@@ -130,7 +130,7 @@ def _budget(cfg: Config, n_real: int, n_synth: dict[str, int]) -> dict[str, Any]
     ipe = cfg.matcher.images_per_epoch or max([n_real] + [n_real + n for n in n_synth.values()])
     plan: dict[str, Any] = {}
     for arm in cfg.arms:
-        if arm in ("real", "detour"):  # real data alone (detour: real-only's matcher trained again)
+        if arm not in n_synth:  # no generated set (real, detour): the real data alone
             real = ipe
         else:
             share = cfg.matcher.real_share if cfg.matcher.real_share is not None else n_real / (n_real + n_synth[arm])
