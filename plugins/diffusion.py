@@ -23,6 +23,17 @@ roles replaced by null tokens) and ``out(r)`` keeps those plus role ``r``.
 the same for both). With ``guidance={"identity": s_id, "style": s_style}`` and
 conditioners identity+style this is exactly
 ``eps = eps_uncond + s_id (eps_id_only − eps_uncond) + s_style (eps_style_only − eps_uncond)``.
+``guidance_mode="nested"`` instead chains the roles in the order given
+(InstructPix2Pix's guidance for two conditionings, Brooks et al. 2023)::
+
+    out = out(∅_G) + Σ_k s_k · (out(r_1..r_k) − out(r_1..r_{k−1}))
+
+so each role is guided *given* the ones before it. With ``{identity, style}``
+the style direction is taken with the photo kept, where the compositional
+form's ``out(style) − out(∅)`` is the style of no one in particular (at style
+3 it drew every CUFS-style sketch of a photo in the wild as much the same
+face, docs/identity-generator.md); all scales 1 telescope to plain
+conditional sampling.
 All 1 + |G| branches run as one batched forward pass. ``guidance=None`` (or
 empty) is plain conditional sampling with every condition kept. An
 ``appearance`` conditioner not named in ``guidance`` stays in every branch.
@@ -661,11 +672,13 @@ class DiffusionGenerator:
         seeds: Sequence[int] | None = None,
         strength: float = 1.0,
         starts: Sequence[np.ndarray] | None = None,
+        guidance_mode: Literal["compositional", "nested"] = "compositional",
     ) -> np.ndarray:
         """Sketches for each (photo, style): uint8 ``[len(photos) * num_per_input,
         size, size, 3]``, input-major (input i's copies are rows i*num..i*num+num-1).
         ``sampler``: a name, ComponentSpec or sampler object (default DDIM, 50 steps).
-        ``guidance``: ``{role: scale}``, see the module docstring. Image ``j`` of
+        ``guidance``: ``{role: scale}``, combined as ``guidance_mode`` says (module
+        docstring: ``compositional`` or ``nested``, in the dict's order). Image ``j`` of
         input ``i`` uses a generator seeded from ``(seed, i, j)``, or from
         ``seeds[i * num_per_input + j]`` when ``seeds`` is given (one per output
         image: ``c4s generate`` seeds each image from its identity, style and k).
@@ -683,6 +696,8 @@ class DiffusionGenerator:
         bad = [k for k in guidance if k not in self.roles]
         if bad:
             raise ConfigError(f"guidance names role(s) {bad} that no conditioner has; roles here: {sorted(set(self.roles))}")
+        if guidance_mode not in ("compositional", "nested"):
+            raise ConfigError(f"guidance_mode must be 'compositional' or 'nested', got {guidance_mode!r}")
         n = len(photos) if photos is not None and len(photos) else len(styles or [])
         if not 0.0 < float(strength) <= 1.0:
             raise ConfigError(f"diffusion.sample: strength must be in (0, 1], got {strength}")
@@ -695,12 +710,16 @@ class DiffusionGenerator:
             init = self.init_images(first)
         if tokens is None:
             tokens = self.encode_conditions(photos, styles, cache_dir)
-        # branch keep-masks: with guidance, [uncond-of-guided, one per guided role]
+        # branch keep-masks: with guidance, [uncond-of-guided, one per guided role]; nested:
+        # role k's branch also keeps roles 1..k-1
         guided = list(guidance)
+        nested = guidance_mode == "nested"
         k = len(self.conditioners)
         if guided:
             base = torch.tensor([r not in guided for r in self.roles])
-            branches = [base] + [base | torch.tensor([r == g for r in self.roles]) for g in guided]
+            branches = [base]
+            for g in guided:
+                branches.append((branches[-1] if nested else base) | torch.tensor([r == g for r in self.roles]))
         else:
             branches = [torch.ones(k, dtype=torch.bool)]
         jobs = [(i, j) for i in range(n) for j in range(num_per_input)]
@@ -717,7 +736,7 @@ class DiffusionGenerator:
             for a in range(0, len(jobs), batch_size):
                 chunk = jobs[a:a + batch_size]
                 x = self._sample_chunk(chunk, tokens, sampler, guidance, guided, branches,
-                                       seed_ints[a:a + len(chunk)], step_kw, init, float(strength))
+                                       seed_ints[a:a + len(chunk)], step_kw, init, float(strength), nested)
                 out[a:a + len(chunk)] = to_uint8(x) if output == "uint8" else x.float().cpu().numpy()
         self.model.train(was)
         return out
@@ -731,7 +750,7 @@ class DiffusionGenerator:
         return grey.expand(-1, 3, -1, -1).contiguous()
 
     def _sample_chunk(self, chunk, tokens, sampler, guidance, guided, branches, seed_ints, step_kw,
-                      init=None, strength: float = 1.0):
+                      init=None, strength: float = 1.0, nested: bool = False):
         import inspect
 
         import torch
@@ -772,7 +791,8 @@ class DiffusionGenerator:
             if guided:
                 parts = pred.chunk(nb)
                 unc = parts[0]
-                pred = unc + sum(s * (p - unc) for s, p in zip(scales, parts[1:], strict=True))
+                prev = parts[:-1] if nested else [unc] * len(scales)
+                pred = unc + sum(s * (p - q) for s, p, q in zip(scales, parts[1:], prev, strict=True))
             x = sch.step(pred, t, x, **kw).prev_sample
         if not torch.isfinite(x).all():
             raise C4SError(

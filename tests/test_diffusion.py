@@ -134,6 +134,30 @@ def test_guidance_formula(tiny_generator):
         gen.sample(photos[:1], styles[:1], sampler=spec, guidance={"identity": 2.0})
 
 
+def test_nested_guidance_guides_each_role_given_the_ones_before(tiny_generator):
+    gen, photos, styles = tiny_generator
+    spec = ComponentSpec(name="ddim", options={"steps": 4})
+
+    def draw(guidance, mode="compositional"):
+        return gen.sample(photos[:2], styles[:2], sampler=spec, seed=3, guidance=guidance, guidance_mode=mode,
+                          output="float")
+
+    plain = gen.sample(photos[:2], styles[:2], sampler=spec, seed=3, output="float")
+    both = {"appearance": 1.0, "style": 1.0}
+    # scales 1 telescope to the plain conditional: u + (a - u) + (a,s - a) = (a,s)
+    assert np.abs(draw(both, "nested") - plain).max() < 1e-4
+    # the compositional form does not: u + (a - u) + (s - u) != (a,s)
+    assert np.abs(draw(both) - plain).mean() > 1e-3
+    # last scale 0: the first role's branch alone, i.e. the style dropped and appearance kept
+    assert np.abs(draw({"appearance": 1.0, "style": 0.0}, "nested") - draw({"style": 0.0})).max() < 1e-4
+    # the order matters
+    a_s = draw({"appearance": 2.0, "style": 3.0}, "nested")
+    s_a = draw({"style": 3.0, "appearance": 2.0}, "nested")
+    assert np.abs(a_s - s_a).mean() > 1e-3
+    with pytest.raises(ConfigError, match="guidance_mode"):
+        draw(both, "chained")
+
+
 def test_save_load_round_trip_gives_identical_outputs(tiny_generator, tmp_path):
     from c4s_plugins.diffusion import DiffusionGenerator
 

@@ -112,6 +112,26 @@ def test_sampler_swap_and_settings_guard(checkpoint, tmp_path):
         g.run(b.model_copy(update={"out": tmp_path / "a"}), progress=False)
 
 
+def test_guidance_mode_is_recorded_guarded_and_refused_without_roles(checkpoint, tmp_path):
+    from c4s_core.data import load_image
+
+    g, a = cfg(tmp_path / "a", checkpoint=checkpoint, styles=["pencil"], num_per_style=1, similarity=False)
+    _, n = cfg(tmp_path / "n", checkpoint=checkpoint, styles=["pencil"], num_per_style=1, similarity=False,
+               guidance_mode="nested")
+    g.run(a, progress=False)
+    g.run(n, progress=False)
+    ra, rn = ([r for r in read_manifest(tmp_path / x / "manifest.jsonl") if r["modality"] == "sketch"] for x in "an")
+    assert {r["guidance_mode"] for r in ra} == {"compositional"} and {r["guidance_mode"] for r in rn} == {"nested"}
+    # one guided role: both forms are u + s (style - u), the same images
+    assert max(np.abs(load_image(tmp_path / "a" / x["path"]).astype(int) - load_image(tmp_path / "n" / y["path"])).max()
+               for x, y in zip(ra, rn, strict=True)) <= 1
+    with pytest.raises(DataError, match="guidance_mode"):
+        g.run(n.model_copy(update={"out": tmp_path / "a"}), progress=False)
+    _, p = cfg(tmp_path / "p", generator={"name": "procedural"}, guidance_mode="nested", similarity=False)
+    with pytest.raises(ConfigError, match="guidance_mode"):
+        g.run(p, progress=False)
+
+
 def test_same_images_whatever_the_batch_size(checkpoint, tmp_path):
     g, a = cfg(tmp_path / "a", checkpoint=checkpoint, batch_size=12, similarity=False,
                sampler={"name": "ddpm", "options": {"steps": 3}})

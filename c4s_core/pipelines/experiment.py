@@ -321,6 +321,9 @@ class Config(C4SModel):
         description="Sampler of the diffusion generator.")
     guidance: dict[str, float] = Field(
         default_factory=lambda: {"identity": 2.0, "style": 2.0}, description="Per-role guidance of the diffusion generator.")
+    guidance_mode: Literal["compositional", "nested"] = Field(
+        "compositional", description="How the guided roles combine (generate's `guidance_mode`): compositional or "
+        "nested (each role given the ones before it in `guidance`'s order).")
     strength: float = Field(
         1.0, gt=0.0, le=1.0, description="Diffusion arm: start sampling this far up the schedule from the noised "
         "grey reference photo (SDEdit, generate's `strength`); 1: pure noise.")

@@ -84,7 +84,8 @@ def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path, 
         checkpoint=checkpoint, generator=cfg.procedural if arm == "procedural" else ComponentSpec(name="procedural"),
         dataset=cfg.new_identities, num_identities=cfg.new_limit,
         styles=cfg.procedural_styles or cfg.styles if arm == "procedural" else cfg.styles,
-        num_per_style=cfg.num_per_style, styles_per_identity=cfg.styles_per_identity, sampler=cfg.sampler, guidance=cfg.guidance, seed=cfg.seed,
+        num_per_style=cfg.num_per_style, styles_per_identity=cfg.styles_per_identity, sampler=cfg.sampler, guidance=cfg.guidance,
+        guidance_mode=cfg.guidance_mode if arm == "diffusion" else "compositional", seed=cfg.seed,
         strength=cfg.strength if arm == "diffusion" else 1.0,
         start_style=cfg.start_style if arm == "diffusion" else None, batch_size=cfg.generate_batch_size, aligner=cfg.generator_aligner, condition_size=csize,
         similarity=False, out=out,
@@ -94,7 +95,7 @@ def _generate_config(cfg: Config, arm: str, checkpoint: Path | None, out: Path, 
 # stage-config fields added after experiments were run, and the values that mean
 # "as before" (None: any value; the stage is rerun, see experiment.run's `legacy`)
 _ADDED_FIELDS: dict[str, Any] = {"val_data": [], "bootstrap": None, "bootstrap_seed": None, "strength": 1.0,
-                                 "start_style": None, "pair_negatives": 0,
+                                 "start_style": None, "pair_negatives": 0, "guidance_mode": "compositional",
                                  "negatives_pool": 1}
 
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -84,6 +84,9 @@ class Config(C4SModel):
         default_factory=lambda: {"identity": 2.0, "style": 2.0},
         description="Per-role guidance scales (roles the generator lacks are ignored); {}: plain conditional.",
     )
+    guidance_mode: Literal["compositional", "nested"] = Field(
+        "compositional", description="How guided roles combine (plugins/diffusion.py): compositional, each role "
+        "against none; nested, each role given the ones before it in `guidance`'s order (InstructPix2Pix).")
     strength: float = Field(
         1.0, gt=0.0, le=1.0, description="Diffusion generators: start this far up the sampler's schedule from the "
         "noised grey reference photo (SDEdit); 1: pure noise. Lower keeps more of the photo's layout.")
@@ -251,11 +254,11 @@ def _run_key(config: Config, ck_hash: str) -> dict[str, Any]:
 
     keep = ("generator", "dataset", "num_identities", "styles", "num_per_style", "styles_per_identity", "sampler",
             "guidance", "seed", "aligner", "condition_size", "similarity", "id_conditioner", "write_photos",
-            "strength", "start_style")
+            "strength", "start_style", "guidance_mode")
     data = json.loads(config.model_dump_json(include=set(keep)))
     if config.checkpoint is not None:
         data.pop("generator")
-    for k, plain in (("strength", 1.0), ("start_style", None)):
+    for k, plain in (("strength", 1.0), ("start_style", None), ("guidance_mode", "compositional")):
         if data[k] == plain:
             data.pop(k)  # sets written before the option existed keep their key
     data["checkpoint_hash"] = ck_hash
@@ -336,6 +339,9 @@ def _run(config: Config, progress: bool, ctx, device: str | None) -> dict:
     roles = set(getattr(gen, "roles", []))
     guidance = {k: v for k, v in config.guidance.items() if k in roles}
     uses_sampler = "sampler" in params
+    if config.guidance_mode != "compositional" and "guidance_mode" not in params:
+        raise ConfigError(f"guidance_mode={config.guidance_mode!r}: generator {gen_name!r} has no guidance modes "
+                          "(its sample() takes no `guidance_mode`); use guidance_mode=compositional")
     if config.strength < 1.0 and "strength" not in params:
         raise ConfigError(f"strength={config.strength}: generator {gen_name!r} cannot start from the photo "
                           "(its sample() takes no `strength`); use strength=1")
@@ -444,6 +450,8 @@ def _run(config: Config, progress: bool, ctx, device: str | None) -> dict:
                 kw["sampler"] = config.sampler
             if "guidance" in params:
                 kw["guidance"] = guidance
+            if config.guidance_mode != "compositional":
+                kw["guidance_mode"] = config.guidance_mode
             if config.strength < 1.0:
                 kw["strength"] = config.strength
                 if starter is not None:
@@ -476,6 +484,7 @@ def _run(config: Config, progress: bool, ctx, device: str | None) -> dict:
                     "steps": config.sampler.options.get("steps") if uses_sampler else None,
                     "sampler_options": sampler_rec["options"] if sampler_rec else None,
                     "guidance": guidance if uses_sampler else None, "conditioners": cond_names,
+                    "guidance_mode": config.guidance_mode if uses_sampler and guidance else None,
                     "strength": config.strength if config.strength < 1.0 else None,
                     "start_style": config.start_style if config.strength < 1.0 else None,
                     "identity_similarity": scores[i], "similarity_encoder": sim.name if sim else None,
