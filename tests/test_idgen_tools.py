@@ -1,0 +1,58 @@
+"""examples/experiments/idgen/side_by_side.py: one sheet, a row per person drawn
+in every set, each cell that set's sketch of that person."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from c4s_core.data.io import load_image, save_image
+
+TOOL = Path(__file__).resolve().parents[1] / "examples/experiments/idgen/side_by_side.py"
+
+
+def _set(root: Path, colour: tuple[int, int, int], people: list[str]) -> Path:
+    rows = []
+    for p in people:
+        save_image(root / p / "photo.png", np.full((64, 64, 3), 90, np.uint8))
+        save_image(root / p / "cufs_0.png", np.full((64, 64, 3), colour, np.uint8))
+        rows += [{"path": f"{p}/photo.png", "identity": p, "modality": "photo"},
+                 {"path": f"{p}/cufs_0.png", "identity": p, "modality": "sketch", "style": "cufs", "k": 0}]
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True)
+
+
+def test_each_cell_shows_that_sets_sketch_of_the_rows_person(tmp_path):
+    red = _set(tmp_path / "a", (250, 0, 0), ["p1", "p2", "p3"])
+    blue = _set(tmp_path / "b", (0, 0, 250), ["p2", "p3"])  # p1 is not drawn here: not shown
+    out = tmp_path / "sheet.png"
+    r = _run(str(out), f"{red}=A", f"{blue}=B", "--style", "cufs")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["people"] == ["p2", "p3"]
+    sheet = load_image(out)
+    # failure_sheet's layout: 170 px cells, 6 px padding, 22 px header, 34 px of text under each 128 px image
+    assert sheet.shape[:2] == (22 + 6 + 2 * (128 + 34 + 6), 6 + 3 * (170 + 6))
+    for row in range(2):
+        y = 22 + 6 + row * (128 + 34 + 6) + 64
+        cells = [sheet[y, 6 + col * 176 + 21 + 64] for col in range(3)]
+        assert cells[0].tolist() == [90, 90, 90]
+        assert cells[1].tolist() == [250, 0, 0] and cells[2].tolist() == [0, 0, 250]
+
+
+@pytest.mark.parametrize("case", ["disjoint", "not_a_set"])
+def test_sets_without_common_people_or_manifest_are_named(tmp_path, case):
+    a = _set(tmp_path / "a", (250, 0, 0), ["p1"])
+    b = _set(tmp_path / "b", (0, 0, 250), ["p2"]) if case == "disjoint" else tmp_path / "empty"
+    b.mkdir(exist_ok=True)
+    r = _run(str(tmp_path / "sheet.png"), str(a), str(b))
+    assert r.returncode != 0 and not (tmp_path / "sheet.png").exists()
+    assert ("no person is drawn in every set" if case == "disjoint" else f"{b}: no manifest.jsonl") in r.stderr
