@@ -30,10 +30,9 @@ conditioners identity+style this is exactly
 
 so each role is guided *given* the ones before it. With ``{identity, style}``
 the style direction is taken with the photo kept, where the compositional
-form's ``out(style) − out(∅)`` is the style of no one in particular (at style
-3 it drew every CUFS-style sketch of a photo in the wild as much the same
-face, docs/identity-generator.md); all scales 1 telescope to plain
-conditional sampling.
+form's ``out(style) − out(∅)`` is the style of no one in particular; all
+scales 1 telescope to plain conditional sampling. Measured on real data it
+moved identity and style only a little (docs/identity-generator.md).
 All 1 + |G| branches run as one batched forward pass. ``guidance=None`` (or
 empty) is plain conditional sampling with every condition kept. An
 ``appearance`` conditioner not named in ``guidance`` stays in every branch.
