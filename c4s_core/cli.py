@@ -220,6 +220,7 @@ _PIPELINE_HELP = {
     "export": "Export a matcher to ONNX (uint8 RGB in, unit embeddings out), checked against torch; fp16/int8.",
     "generate": "Generate a synthetic sketch set (OUT/IDENTITY/STYLE_K.png + manifest.jsonl) with any generator.",
     "report-dataset": "Report on a generated set: identity similarity, diversity, style counts, contact sheet.",
+    "filter-set": "Keep the generated sketches a recogniser still matches to their photo (a threshold or a FAR).",
     "experiment": "The paper's comparison: real vs real + diffusion/GAN/procedural sketches, same matcher and budget, beside HOG.",
     "seeds": "Pool experiments that differ only in the matchers' seed: per-seed rank-1, pooled differences, two-level bootstrap.",
     "demo": "The main job on the embedded default: the whole CLIP4Sketch loop, from generator to deployed search, with a report.",

@@ -682,3 +682,40 @@ def test_flip_fusion_reaches_every_evaluation_with_the_option(finished, tmp_path
     # the plain run's stages never saw the option (their hashes are unchanged)
     plain = yaml.safe_load((Path(res["out"]) / "05-evaluate-hog-aligned" / "config.yaml").read_text())
     assert "flip_fusion" not in (plain["backbone"].get("options") or {})
+
+
+def test_identity_filter_trains_and_judges_the_kept_sketches(finished, tmp_path):
+    """identity_filter on a copy: the procedural set is filtered (03-filtered-procedural),
+    its matcher trains on the kept sketches only and the judge reads them; the set, the
+    real-only matcher and its evaluations are reused."""
+    import shutil
+
+    import yaml
+
+    from c4s_core.data.manifest import read_manifest
+
+    cfg, res = finished
+    copy = tmp_path / "filtered"
+    shutil.copytree(res["out"], copy, ignore=lambda d, names: [n for n in names if re.match(r"0[45]-(matcher|evaluate)-procedural", n)])
+    enc = {"name": "r29_id", "options": {"pretrained": False, "device": "cpu", "tokens": "global",
+                                         "input_template": "dlib_chip", "input_size": 112}}
+    ipe = json.loads((copy / "budget.json").read_text())["images_per_epoch"]  # fewer sketches: pin real-only's budget
+    c2 = cfg.model_copy(update={"out": copy, "resume": True, "arms": ["real", "procedural"],
+                                "matcher": cfg.matcher.model_copy(update={"images_per_epoch": ipe}),
+                                "identity_filter": ex.FilterSettings(far=0.5, encoder=enc)})
+    res2 = ex.run(c2, progress=False)
+    skipped = set(res2["skipped_stages"])
+    assert {"04-matcher-real", "03-generated-procedural", "05-evaluate-real-aligned"} <= skipped
+    assert "04-matcher-procedural" not in skipped
+    kept = read_manifest(copy / "03-filtered-procedural" / "manifest.jsonl")
+    every = read_manifest(copy / "03-generated-procedural" / "manifest.jsonl")
+    n_kept, n_all = (sum(r["modality"] == "sketch" for r in m) for m in (kept, every))
+    f = res2["generators"]["generated-procedural"]["filter"]
+    assert 0 < n_kept < n_all and (f["kept_sketches"], f["sketches"]) == (n_kept, n_all)
+    assert 0 < f["impostor_share_accepted"] <= 0.5
+    tm = yaml.safe_load((copy / "04-matcher-procedural" / "config.yaml").read_text())
+    synth = [d for d in tm["data"] if d["dataset"]["name"] == "manifest"]
+    assert [Path(d["dataset"]["options"]["path"]).parent.name for d in synth] == ["03-filtered-procedural"]
+    j = res2["judges"]["procedural"]
+    assert j["generated"]["probes"] == n_kept  # the judge ranks the kept sketches only
+    assert (copy / "03-filtered-procedural" / "judge" / "report.json").is_file()

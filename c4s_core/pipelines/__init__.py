@@ -20,6 +20,7 @@ PIPELINES: dict[str, str] = {
     "export": "c4s_core.pipelines.export",
     "generate": "c4s_core.pipelines.generate",
     "report-dataset": "c4s_core.pipelines.report_dataset",
+    "filter-set": "c4s_core.pipelines.filter_set",
     "experiment": "c4s_core.pipelines.experiment",
     "seeds": "c4s_core.pipelines.seeds",
 }

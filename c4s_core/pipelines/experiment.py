@@ -109,6 +109,7 @@ from .experiment_stages import (
     _trained_generator,
     _validation_split,
 )
+from .filter_set import Settings as FilterSettings
 
 ARMS = ("real", "detour", "diffusion", "gan", "procedural")
 Arm = Literal["real", "detour", "diffusion", "gan", "procedural"]
@@ -344,6 +345,10 @@ class Config(C4SModel):
         "the real training split only; needs arm real) against the test split's real sketches (report-dataset judge).")
     judge_identities: int | None = Field(
         None, ge=2, description="Identities per judge gallery; none: as many as the set and the test split share.")
+    identity_filter: FilterSettings | None = Field(
+        None, description="Keep only the generated sketches a recogniser still matches to their photo (`c4s "
+        "filter-set`: a far or a min_similarity, and the encoder; use one other than the judge), for every synthetic "
+        "arm; the matchers and the judge see the kept set (03-filtered-ARM). none: every sketch.")
     generate_batch_size: int = Field(16, ge=1, le=4096, description="Images per sampling batch.")
     aligner: ComponentSpec = Field(
         default_factory=_whole,
@@ -446,7 +451,7 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
     import time
 
     from ..errors import ConfigError, DataError
-    from . import evaluate, generate, report_dataset, train_generator, train_matcher
+    from . import evaluate, filter_set, generate, report_dataset, train_generator, train_matcher
     from .common import PeakRSS, prepare_out, save_run_config, write_json
 
     t0 = time.time()
@@ -465,7 +470,8 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
              + len(cfg.arms) * (1 + n_eval) + n_eval * len(cfg.evaluation.baselines)
              + (sum(a in SYNTHETIC for a in cfg.arms) if judged else 0)
              + (sum(a in SYNTHETIC for a in cfg.arms) if cfg.matcher.synthetic_use == "pretrain" else 0)
-             + sum(a in SYNTHETIC for a in cfg.arms) * len(cfg.evaluation.synthetic_only))
+             + sum(a in SYNTHETIC for a in cfg.arms) * len(cfg.evaluation.synthetic_only)
+             + (sum(a in SYNTHETIC for a in cfg.arms) if cfg.identity_filter else 0))
     count = [0]
     skipped: list[str] = []
 
@@ -553,6 +559,14 @@ def run(config: Config, progress: bool = True) -> dict[str, Any]:
         r = stage(f"report-dataset ({arm})", sdir / "report", rc, report_dataset.run)
         gen_summaries[f"generated-{arm}"]["report"] = {
             k: r.get(k) for k in ("identity_similarity_mean", "impostor_similarity_mean", "diversity_within_style")}
+        if cfg.identity_filter is not None:
+            fdir = out / f"03-filtered-{arm}"
+            fc = filter_set.Config(**cfg.identity_filter.model_dump(), path=sdir, out=fdir)
+            f = stage(f"filter-set ({arm})", fdir, fc, filter_set.run)
+            gen_sets[arm] = fdir / "manifest.jsonl"
+            gen_summaries[f"generated-{arm}"]["filter"] = {
+                k: f.get(k) for k in ("threshold", "kept_sketches", "sketches", "kept_identities", "identities",
+                                      "impostor_share_accepted")}
 
     # 4. matchers, same budget
     from ..data.manifest import read_manifest
