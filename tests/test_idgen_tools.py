@@ -56,3 +56,32 @@ def test_sets_without_common_people_or_manifest_are_named(tmp_path, case):
     r = _run(str(tmp_path / "sheet.png"), str(a), str(b))
     assert r.returncode != 0 and not (tmp_path / "sheet.png").exists()
     assert ("no person is drawn in every set" if case == "disjoint" else f"{b}: no manifest.jsonl") in r.stderr
+
+
+CURVE = TOOL.parent / "filter_curve.py"
+
+
+def _judged(d: Path, ratio: float, style: float, kept: float | None) -> Path:
+    j = {"identities": 10, "generated": {"rank1": ratio / 2}, "real": {"rank1": 0.5}, "rank1_ratio": ratio,
+         "style": {"accuracy": style}, "frechet_distance": 0.3}
+    (d / "report").mkdir(parents=True)
+    (d / "report" / "report.json").write_text(json.dumps({"judge": j}))
+    if kept is not None:
+        (d / "filter.json").write_text(json.dumps({"far": 0.01, "threshold": 0.9, "kept_share": kept,
+                                                   "kept_sketches": 5, "kept_identities": 4}))
+    return d
+
+
+def test_filter_curve_puts_each_judged_set_at_its_kept_share(tmp_path):
+    full = _judged(tmp_path / "full", 0.5, 0.7, None)
+    strict = _judged(tmp_path / "strict", 0.8, 0.6, 0.2)
+    out, js = tmp_path / "curve.png", tmp_path / "curve.json"
+    r = subprocess.run([sys.executable, str(CURVE), str(out), f"{strict}=A", f"{full}=A", "--json", str(js)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    pts = json.loads(js.read_text())["A"]
+    assert [(p["dir"], p["kept_share"], p["rank1_ratio"], p["style_accuracy"]) for p in pts] == [
+        ("strict", 0.2, 0.8, 0.6), ("full", 1.0, 0.5, 0.7)]  # sorted by the share kept; unfiltered: all of it
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    r = subprocess.run([sys.executable, str(CURVE), str(out), str(tmp_path / "none")], capture_output=True, text=True)
+    assert r.returncode != 0 and "report.json not found" in r.stderr
