@@ -719,3 +719,5 @@ def test_identity_filter_trains_and_judges_the_kept_sketches(finished, tmp_path)
     j = res2["judges"]["procedural"]
     assert j["generated"]["probes"] == n_kept  # the judge ranks the kept sketches only
     assert (copy / "03-filtered-procedural" / "judge" / "report.json").is_file()
+    assert (f"procedural {n_kept} of {n_all} sketches ({f['kept_identities']} of 6 people, threshold "
+            f"{f['threshold']:.3f})") in (copy / "report.md").read_text()

@@ -259,7 +259,8 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
             if cfg.matcher.negatives else "")
          + (" Synthetic arms: a matcher trained on the generated set alone, then fine-tuned on the real data alone "
             "with real-only's budget (matcher.synthetic_use: pretrain)." if cfg.matcher.synthetic_use == "pretrain"
-            else ""), ""]
+            else "")
+         + _filter_text(cfg, res), ""]
     names = list(cfg.arms) + [b for b in ev.baselines if b in res["metrics"]]
     diffs = res.get("differences") or {}
     vs_real = "real" in cfg.arms and bool(diffs)
@@ -320,6 +321,19 @@ def _report(cfg: Config, res: dict[str, Any]) -> str:
           "holds its `config.yaml` and `stage.json` (seconds, peak memory); each evaluation has its own report.md "
           "with ROC, score histograms and worst failures.", ""]
     return "\n".join(L)
+
+
+def _filter_text(cfg: Config, res: dict[str, Any]) -> str:
+    """What identity_filter kept of each generated set."""
+    f = cfg.identity_filter
+    if f is None:
+        return ""
+    rule = f"FAR {f.far:g} of its impostor pairs" if f.far is not None else f"cosine >= {f.min_similarity:g}"
+    kept = [(a, (res["generators"].get(f"generated-{a}") or {}).get("filter")) for a in cfg.arms]
+    parts = [f"{a} {k['kept_sketches']} of {k['sketches']} sketches ({k['kept_identities']} of {k['identities']} "
+             f"people, threshold {k['threshold']:.3f})" for a, k in kept if k]
+    return (f" Synthetic arms train on the generated sketches {f.encoder.name} still matches to their photo at "
+            f"{rule} (identity_filter): " + "; ".join(parts) + ".")
 
 
 def _matcher_table(res: dict[str, Any], cfg: Config) -> list[str]:
