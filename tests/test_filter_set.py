@@ -91,10 +91,19 @@ def test_far_sets_the_threshold_from_the_impostor_pairs(tmp_path):
     s = filter_set.run(filter_set.Config(path=_set(tmp_path / "set", people=5, copies=(1,)), out=tmp_path / "kept",
                                          encoder=ENC, far=0.1), progress=False)
     # 10 sketches x 4 other people = 40 impostor pairs; at most 10 % of them reach the threshold
-    assert s["impostor"]["n"] == 40
+    assert s["impostor"]["n"] == 40 and not s["impostor_pairs_sampled"]
     assert s["impostor_share_accepted"] <= 0.1
     recs = [json.loads(line) for line in (tmp_path / "kept" / "manifest.jsonl").read_text().splitlines()]
     assert ("p1", 0) in {(r["identity"], r.get("k")) for r in recs if r["modality"] == "sketch"}  # the copy passes
+
+
+def test_many_impostor_pairs_are_sampled_not_all_held(tmp_path, monkeypatch):
+    monkeypatch.setattr(filter_set, "MAX_IMPOSTORS", 20)
+    s = filter_set.run(filter_set.Config(path=_set(tmp_path / "set", people=5, copies=(1,)), out=tmp_path / "kept",
+                                         encoder=ENC, far=0.1), progress=False)
+    # 40 pairs, each kept with probability 1/2: 20 expected, 4 standard deviations either side
+    assert s["impostor_pairs_sampled"] and 20 - 4 * 40 ** 0.5 / 2 <= s["impostor"]["n"] <= 20 + 4 * 40 ** 0.5 / 2
+    assert s["impostor"]["n"] < 40
 
 
 def test_threshold_at_far_admits_at_most_that_share():
