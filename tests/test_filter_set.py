@@ -117,8 +117,8 @@ def test_threshold_at_far_admits_at_most_that_share():
 
 def test_bad_sets_and_settings_are_named(tmp_path):
     src = _set(tmp_path / "set")
-    with pytest.raises(ValueError, match="exactly one of min_similarity and far"):
-        filter_set.Config(path=src, out=tmp_path / "k", encoder=ENC)
+    with pytest.raises(ValueError, match="far"):
+        filter_set.Config(path=src, out=tmp_path / "k", encoder=ENC, far=1.5)
     with pytest.raises(C4SError, match="must differ from `path`"):
         filter_set.run(filter_set.Config(path=src, out=src, encoder=ENC, far=0.1), progress=False)
     # a sketch whose person has no reference photo

@@ -328,7 +328,7 @@ def _filter_text(cfg: Config, res: dict[str, Any]) -> str:
     f = cfg.identity_filter
     if f is None:
         return ""
-    rule = f"FAR {f.far:g} of its impostor pairs" if f.far is not None else f"cosine >= {f.min_similarity:g}"
+    rule = f"FAR {f.far:g} of its impostor pairs" if f.min_similarity is None else f"cosine >= {f.min_similarity:g}"
     kept = [(a, (res["generators"].get(f"generated-{a}") or {}).get("filter")) for a in cfg.arms]
     parts = [f"{a} {k['kept_sketches']} of {k['sketches']} sketches ({k['kept_identities']} of {k['identities']} "
              f"people, threshold {k['threshold']:.3f})" for a, k in kept if k]

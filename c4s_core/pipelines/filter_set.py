@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ..config import C4SModel, ComponentSpec
 
@@ -36,18 +36,12 @@ class Settings(C4SModel):
         default_factory=lambda: ComponentSpec(name="r29_id", options={"tokens": "global", "input_template": "dlib_chip"}),
         description="Conditioner whose first token embeds sketches and photos (the recogniser that filters; by "
         "default the pretrained dlib ResNet-29, not fine-tuned).")
+    far: float = Field(
+        0.01, gt=0.0, lt=1.0, description="The threshold is the cosine only this share of impostor pairs (a "
+        "sketch vs another person's photo) reaches.")
     min_similarity: float | None = Field(
-        None, ge=-1.0, le=1.0, description="Keep sketches whose cosine to their photo is at least this.")
-    far: float | None = Field(
-        None, gt=0.0, lt=1.0, description="Instead of min_similarity: the threshold only this share of impostor "
-        "pairs (sketch vs another person's photo) reaches, e.g. 0.01.")
+        None, ge=-1.0, le=1.0, description="Instead of far: keep sketches whose cosine to their photo is at least this.")
     batch_size: int = Field(64, ge=1, le=4096, description="Images per encoder pass.")
-
-    @model_validator(mode="after")
-    def _one_threshold(self):
-        if (self.min_similarity is None) == (self.far is None):
-            raise ValueError("give exactly one of min_similarity and far")
-        return self
 
 
 class Config(Settings):
@@ -136,7 +130,7 @@ def run(config: Config, progress: bool = True) -> dict:
     own = np.array([col[str(r["identity"])] for r in sk])
     genuine = np.einsum("ij,ij->i", e_sk, e_ph[own]).astype(np.float64)  # float64: exact threshold tests
     impostor = _impostors(e_sk, e_ph, own)
-    if config.far is not None:
+    if config.min_similarity is None:
         if not len(impostor):
             raise DataError(f"{man}: one identity only, so no impostor pairs to set `far` from; give min_similarity")
         t = threshold_at_far(impostor, config.far)
@@ -163,7 +157,8 @@ def run(config: Config, progress: bool = True) -> dict:
                 "q95": float(q[2])}
 
     summary = {
-        "out": str(out), "source": str(src), "encoder": sim.name, "threshold": t, "far": config.far,
+        "out": str(out), "source": str(src), "encoder": sim.name, "threshold": t,
+        "far": config.far if config.min_similarity is None else None,
         "min_similarity": config.min_similarity,
         "sketches": len(sk), "kept_sketches": len(kept), "kept_share": len(kept) / len(sk),
         "identities": len(ids), "kept_identities": len(keep_ids),
