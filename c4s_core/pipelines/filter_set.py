@@ -97,6 +97,7 @@ def run(config: Config, progress: bool = True) -> dict:
     from ..plugins import get_registries
     from .common import prepare_out, save_run_config, write_json
     from .generate import _Similarity
+    from .report_dataset import _stats
 
     src, out = Path(config.path), Path(config.out)
     if src.resolve() == out.resolve():
@@ -149,13 +150,6 @@ def run(config: Config, progress: bool = True) -> dict:
     n_style = Counter(str(r.get("style")) for r in sk)
     k_style = Counter(str(r.get("style")) for r in kept)
 
-    def stats(v):
-        if not len(v):
-            return {"n": 0}
-        q = np.quantile(v, [0.05, 0.5, 0.95])
-        return {"n": int(len(v)), "mean": float(np.mean(v)), "q05": float(q[0]), "median": float(q[1]),
-                "q95": float(q[2])}
-
     summary = {
         "out": str(out), "source": str(src), "encoder": sim.name, "threshold": t,
         "far": config.far if config.min_similarity is None else None,
@@ -166,7 +160,7 @@ def run(config: Config, progress: bool = True) -> dict:
         "impostor_pairs_sampled": len(sk) * (len(ids) - 1) > MAX_IMPOSTORS,
         "kept_by_style": {st: {"kept": k_style[st], "of": n_style[st], "share": k_style[st] / n_style[st]}
                           for st in styles},
-        "genuine": stats(genuine), "impostor": stats(impostor),
+        "genuine": _stats(genuine), "impostor": _stats(impostor),
     }
     write_json(out / "filter.json", summary)
     _plot(out / "similarity.png", genuine, impostor, t, sim.name)
